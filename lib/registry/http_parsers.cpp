@@ -57,9 +57,12 @@ struct Cursor {
     }
     Result<std::string> value() {
         if (peek() == '"') return quoted();
-        auto t = token();
-        if (t.empty()) return failf("expected a value at offset {}", i);
-        return std::string(t);
+        // Unquoted values should be tokens; servers put URLs there too, so take anything up to a
+        // separator.
+        size_t b = i;
+        while (!done() && !is_ows(s[i]) && s[i] != ',' && s[i] != ';' && s[i] != '"') ++i;
+        if (i == b) return failf("expected a value at offset {}", i);
+        return std::string(s.substr(b, i - b));
     }
 };
 
