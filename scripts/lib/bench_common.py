@@ -158,7 +158,8 @@ def now_utc() -> str:
 
 
 def mib(n: float) -> str:
-    return f"{n / (1 << 20):.1f}"
+    v = n / (1 << 20)
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}"
 
 
 def ratio(a: float, b: float) -> str:
