@@ -110,8 +110,9 @@ Result<MemberStart> next_gzip_member(InputBuffer& in, bool any_member, bool& in_
         in.consume(zeros);
         if (in.empty()) continue;
         if (in_padding)
-            return failf("corrupt gzip stream: unexpected data after zero padding (compressed offset {})",
-                         in.offset());
+            return failf(
+                "corrupt gzip stream: unexpected data after zero padding (compressed offset {})",
+                in.offset());
         return MemberStart::Member;
     }
 }
@@ -193,7 +194,8 @@ private:
 
 class GzipDecoder final : public ByteStream {
 public:
-    GzipDecoder(std::unique_ptr<ByteStream> src, std::string_view prefix) : in_(std::move(src), prefix) {
+    GzipDecoder(std::unique_ptr<ByteStream> src, std::string_view prefix)
+        : in_(std::move(src), prefix) {
         std::memset(&zs_, 0, sizeof zs_);
         // 16 + 15: gzip wrapper only, 32 KiB window; zlib checks CRC32 and ISIZE itself.
         init_ok_ = inflateInit2(&zs_, 16 + MAX_WBITS) == Z_OK;
@@ -287,7 +289,7 @@ public:
             if (ZSTD_isError(r))
                 return failf("corrupt zstd stream: {} (compressed offset {})", ZSTD_getErrorName(r),
                              in_.offset());
-            // At a frame boundary with no input, zstd returns a nonzero hint without changing state.
+            // At a frame boundary with no input zstd returns a nonzero hint: not an open frame.
             if (ib.pos > 0 || ob.pos > 0) frame_open_ = r != 0;
             if (ob.pos > 0) return ob.pos;
             if (in_.empty() || ib.pos == 0) {
@@ -335,7 +337,8 @@ const char* compression_name(Compression c) {
 
 Compression detect_compression(std::span<const uint8_t> head) {
     if (head.size() >= 2 && head[0] == 0x1f && head[1] == 0x8b) return Compression::Gzip;
-    if (head.size() >= 4 && head[1] == 0xb5 && head[2] == 0x2f && head[3] == 0xfd && head[0] == 0x28)
+    if (head.size() >= 4 && head[1] == 0xb5 && head[2] == 0x2f && head[3] == 0xfd &&
+        head[0] == 0x28)
         return Compression::Zstd;
     // Skippable frame magic 0x184D2A50..5F, little endian.
     if (head.size() >= 4 && (head[0] & 0xf0) == 0x50 && head[1] == 0x2a && head[2] == 0x4d &&
@@ -357,8 +360,8 @@ Result<std::unique_ptr<ByteStream>> make_auto_decoder(std::unique_ptr<ByteStream
         have += got;
     }
     head.resize(have);
-    Compression c = detect_compression(
-        std::span(reinterpret_cast<const uint8_t*>(head.data()), head.size()));
+    Compression c =
+        detect_compression(std::span(reinterpret_cast<const uint8_t*>(head.data()), head.size()));
     return make_decoder_with_prefix(c, std::move(src), std::move(head));
 }
 
@@ -374,7 +377,8 @@ Result<size_t> DigestingStream::read(void* buf, size_t n) {
         hash_.update(buf, got);
         bytes_ += got;
         if (expected_size_ >= 0 && bytes_ > static_cast<uint64_t>(expected_size_)) {
-            failed_ = Error{0, fmt::format("size mismatch: expected {} bytes, got more", expected_size_)};
+            failed_ =
+                Error{0, fmt::format("size mismatch: expected {} bytes, got more", expected_size_)};
             return std::unexpected(*failed_);
         }
         return got;
@@ -382,12 +386,13 @@ Result<size_t> DigestingStream::read(void* buf, size_t n) {
     finished_ = true;
     digest_ = hash_.finish();
     if (expected_size_ >= 0 && bytes_ != static_cast<uint64_t>(expected_size_)) {
-        failed_ = Error{0, fmt::format("size mismatch: expected {} bytes, got {}", expected_size_, bytes_)};
+        failed_ = Error{
+            0, fmt::format("size mismatch: expected {} bytes, got {}", expected_size_, bytes_)};
         return std::unexpected(*failed_);
     }
     if (expected_ && *expected_ != digest_) {
-        failed_ = Error{0, fmt::format("digest mismatch: expected {} got {}", digest_string(*expected_),
-                                       digest_string(digest_))};
+        failed_ = Error{0, fmt::format("digest mismatch: expected {} got {}",
+                                       digest_string(*expected_), digest_string(digest_))};
         return std::unexpected(*failed_);
     }
     return 0;

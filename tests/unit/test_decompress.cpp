@@ -49,8 +49,9 @@ std::string skippable_frame(const std::string& payload) {
 
 // Compressible but not trivial: words from a small vocabulary picked by an LCG.
 std::string sample_data(size_t n, uint32_t seed = 1) {
-    static const char* words[] = {"usr", "lib", "x86_64-linux-gnu", "share", "doc", "\n", "\0\0\0",
-                                  "ELF", "libc.so.6", " ", "copyright", "\xff\xfe"};
+    static const char* words[] = {"usr",       "lib", "x86_64-linux-gnu", "share",
+                                  "doc",       "\n",  "\0\0\0",           "ELF",
+                                  "libc.so.6", " ",   "copyright",        "\xff\xfe"};
     std::string s;
     s.reserve(n + 32);
     uint32_t x = seed;
@@ -156,7 +157,8 @@ TEST_CASE("truncated gzip streams are errors at every cut") {
         if (cut == one.size()) continue;  // a complete first member is a valid stream
         auto r = decode(Compression::Gzip, gz.substr(0, cut), 997);
         REQUIRE_MESSAGE(!r, "cut at " << cut);
-        CHECK_MESSAGE(r.error().message == "truncated gzip stream", "cut at " << cut << ": " << r.error().message);
+        CHECK_MESSAGE(r.error().message == "truncated gzip stream",
+                      "cut at " << cut << ": " << r.error().message);
     }
     // A large stream cut in the middle of its deflate data, read in big pieces.
     std::string big = gzip_bytes(sample_data(3 << 20, 2));
@@ -229,7 +231,8 @@ TEST_CASE("truncated and corrupt zstd streams are errors") {
         if (cut == one.size()) continue;
         auto r = decode(Compression::Zstd, zs.substr(0, cut), 501);
         REQUIRE_MESSAGE(!r, "cut at " << cut);
-        CHECK_MESSAGE(r.error().message == "truncated zstd stream", "cut at " << cut << ": " << r.error().message);
+        CHECK_MESSAGE(r.error().message == "truncated zstd stream",
+                      "cut at " << cut << ": " << r.error().message);
     }
     std::string bad = one;
     bad[bad.size() - 2] ^= 0x11;  // content checksum
@@ -279,7 +282,8 @@ TEST_CASE("DigestingStream checks digest and size at the end") {
     Sha256Digest good = sha256(data);
 
     SUBCASE("match") {
-        DigestingStream s(std::make_unique<MemoryStream>(data, 10000), good, static_cast<int64_t>(data.size()));
+        DigestingStream s(std::make_unique<MemoryStream>(data, 10000), good,
+                          static_cast<int64_t>(data.size()));
         auto r = read_all(s, 4096);
         REQUIRE_MESSAGE(r, r.error().what());
         CHECK(*r == data);
@@ -295,7 +299,8 @@ TEST_CASE("DigestingStream checks digest and size at the end") {
         DigestingStream s(std::make_unique<MemoryStream>("abc"), std::nullopt);
         auto r = read_all(s);
         REQUIRE(r);
-        CHECK(to_hex(s.digest()) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        CHECK(to_hex(s.digest()) ==
+              "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         CHECK(s.bytes() == 3);
     }
     SUBCASE("digest mismatch") {
