@@ -949,3 +949,62 @@ TEST_CASE("umoci layout and skopeo docker-archive open through image sources") {
     run("skopeo copy oci:" + layout + ":copy oci:" + (t / "layout2") + ":x");
     REQUIRE_OK(open_image_source("oci:" + (t / "layout2") + ":x").value()->manifests(std::nullopt));
 }
+
+// =============================================================================================
+// Untrusted input: mutated documents and archives give errors, never crashes or exceptions.
+
+TEST_CASE("parsers survive mutated and hostile input") {
+    uint64_t seed = 0x9e3779b97f4a7c15ull;
+    auto next = [&] {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        return seed;
+    };
+    const std::string docs[] = {std::string(kUmociManifest), std::string(kDockerManifestDoc),
+                                std::string(kDockerList)};
+    size_t ok = 0;
+    for (int i = 0; i < 3000; ++i) {
+        std::string s = docs[i % 3];
+        for (int k = 0, n = 1 + next() % 3; k < n; ++k) s[next() % s.size()] = static_cast<char>(next());
+        ok += parse_manifest(s).has_value() + parse_index(s).has_value();
+        (void)media_type_of_json(s);
+        (void)platform_of_config(s);
+    }
+    CHECK(ok < 3000);  // most mutations must be caught
+
+    std::string deep(200000, '[');
+    CHECK_ERR_HAS(parse_manifest(deep), "invalid JSON");
+    CHECK_ERR_HAS(parse_manifest(deep + std::string(200000, ']')), "not a JSON object");
+
+    TempDir t;
+    std::string layer = fake_tar_layer("a", "b");
+    std::string cfg = image_config("amd64", {digest_of(layer)});
+    std::string tar;
+    tar_add(tar, "l/layer.tar", layer);
+    tar_add(tar, "c.json", cfg);
+    tar_add_pax(tar, "manifest.json", R"([{"Config":"c.json","RepoTags":["x:y"],"Layers":["l/layer.tar"]}])");
+    tar_end(tar);
+    std::string file = t / "m.tar";
+    size_t opened = 0;
+    for (int i = 0; i < 400; ++i) {
+        std::string s = tar;
+        for (int k = 0, n = 1 + next() % 2; k < n; ++k) {
+            size_t at = next() % s.size();
+            // Aim at headers and the JSON most of the time.
+            if (next() % 4 != 0) at = (next() % (s.size() / 512)) * 512 + next() % 512 % 300;
+            s[at] = static_cast<char>(next());
+        }
+        spit(file, s);
+        auto src = open_image_source("docker-archive:" + file);
+        if (!src) continue;
+        ++opened;
+        auto ms = (*src)->manifests(std::nullopt);
+        if (!ms) continue;
+        for (const auto& l : ms->at(0).manifest.layers) {
+            auto st = (*src)->open_blob(l);
+            if (st) (void)read_all(**st);
+        }
+    }
+    CHECK(opened < 400);
+}
