@@ -92,14 +92,14 @@ Result<Artifact> load_artifact(ArtifactStore& store, const Descriptor& d) {
     a.desc = d;
     std::string mbytes = EROS_TRY(store.read_manifest(d));
     a.manifest = EROS_TRY(parse_manifest(mbytes));
-    if (a.manifest.artifact_type != kArtifactTypeErostream)
+    if (a.manifest.artifact_type != std::string(media_type::kErostreamArtifact))
         return failf("{} is not an erostream artifact (artifactType '{}')", d.digest,
                      a.manifest.artifact_type);
-    if (a.manifest.layers.empty() || a.manifest.layers[0].media_type != kMediaTypeErostreamMeta)
+    if (a.manifest.layers.empty() || a.manifest.layers[0].media_type != std::string(media_type::kErostreamMeta))
         return failf("artifact {}: the first layer is not an erostream metadata blob", d.digest);
     a.meta_desc = a.manifest.layers[0];
     for (size_t i = 1; i < a.manifest.layers.size(); ++i) {
-        if (a.manifest.layers[i].media_type != kMediaTypeErostreamData)
+        if (a.manifest.layers[i].media_type != std::string(media_type::kErostreamData))
             return failf("artifact {}: layer {} has media type '{}', not an erostream data blob",
                          d.digest, i, a.manifest.layers[i].media_type);
         a.data.push_back(a.manifest.layers[i]);
