@@ -359,11 +359,6 @@ class SparseContent(Content):
         return io.BufferedReader(_SparseReader(self.size, self.head, self.tail), buffer_size=1 << 20)
 
 
-def _norm(path: str) -> str:
-    """Tar member name as the harness writes it: relative, no leading './'."""
-    return path.lstrip("/") if not path.startswith("./") else path[2:]
-
-
 @dataclass
 class Entry:
     info: tarfile.TarInfo
@@ -481,7 +476,7 @@ class Layer:
 
 class _HashingSink:
     """Write-only file object: sha256 and length of what passes, forwarded to `out`. With
-    sparse=True, whole zero buffers become holes (out must be a seekable regular file)."""
+    sparse=True, 64 KiB runs of zeros become holes (out must be a seekable regular file)."""
 
     def __init__(self, out, sparse: bool = False):
         self.out, self.sparse = out, sparse
@@ -874,6 +869,25 @@ def skopeo_docker_archive(image: Image, archive: Path, name: str = "erostream/te
 # ---------------------------------------------------------------------------------------------
 
 
+def tar_members(path: Path) -> list[tarfile.TarInfo]:
+    """The members of a tar file, read as Go's archive/tar (umoci, containerd) reads them: the
+    archive may end without its two zero blocks, even inside the last entry's padding. Debian's
+    umoci 0.4.7 `insert` writes such layers; python's tarfile alone gives up on the second form."""
+    members = []
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        tf = tarfile.open(fileobj=f, mode="r:")
+        try:
+            for m in tf:
+                members.append(m)
+        except tarfile.ReadError:
+            last = members[-1] if members else None
+            end = last.offset_data + last.size if last else 0
+            if not (last and end <= size < end + tarfile.BLOCKSIZE):
+                raise
+    return members
+
+
 def _clean_member(name: str) -> str:
     parts = [p for p in name.split("/") if p not in ("", ".")]
     return "/".join(parts)
@@ -903,36 +917,35 @@ def implicit_dirs(tar_paths: Iterable[Path]) -> set[str]:
 
     for tp in tar_paths:
         added: set[str] = set()
-        with tarfile.open(tp, "r:") as tf:
-            for m in tf:
-                p = _clean_member(m.name)
-                if not p:
-                    continue
-                d, _, base = p.rpartition("/")
-                if base == ".wh..wh..opq":
-                    drop_below(d, keep=added)
-                    continue
-                if base.startswith(".wh."):
-                    t = (d + "/" if d else "") + base[4:]
-                    state.pop(t, None)
-                    dirty.discard(t)
-                    drop_below(t)
-                    continue
-                comps = p.split("/")
-                for i in range(1, len(comps)):
-                    a = "/".join(comps[:i])
-                    if a not in state:
-                        state[a] = "implicit"
-                        dirty.add("/".join(comps[: i - 1]))
-                    added.add(a)
-                if m.isdir():
-                    state[p] = "explicit"
-                    dirty.discard(p)
-                else:
-                    drop_below(p)
-                    dirty.discard(p)
-                    state[p] = "other"
-                added.add(p)
+        for m in tar_members(tp):
+            p = _clean_member(m.name)
+            if not p:
+                continue
+            d, _, base = p.rpartition("/")
+            if base == ".wh..wh..opq":
+                drop_below(d, keep=added)
+                continue
+            if base.startswith(".wh."):
+                t = (d + "/" if d else "") + base[4:]
+                state.pop(t, None)
+                dirty.discard(t)
+                drop_below(t)
+                continue
+            comps = p.split("/")
+            for i in range(1, len(comps)):
+                a = "/".join(comps[:i])
+                if a not in state:
+                    state[a] = "implicit"
+                    dirty.add("/".join(comps[: i - 1]))
+                added.add(a)
+            if m.isdir():
+                state[p] = "explicit"
+                dirty.discard(p)
+            else:
+                drop_below(p)
+                dirty.discard(p)
+                state[p] = "other"
+            added.add(p)
     return {p for p, s in state.items() if s == "implicit"} | {p for p in dirty if p in state or p == ""}
 
 

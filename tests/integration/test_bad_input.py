@@ -1,14 +1,13 @@
 """Broken inputs: convert must exit 1 with a message on stderr naming what is wrong and where
 (the layer, the entry), and leave nothing behind: the DEST layout (which already holds another
 image) keeps exactly its files, index.json included, and no temporary file stays anywhere it
-could write (DEST, the source layout, TMPDIR)."""
+could write (DEST, next to DEST, the source layout, TMPDIR)."""
 
 from __future__ import annotations
 
 import gzip
-import json
+import hashlib
 import re
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -46,10 +45,11 @@ def assert_rejected(mkfs: lib.Mkfs, work: Path, source: str, *, image: lib.Image
         keep.file("keep", b"an unrelated image already in DEST")
         lib.build_image(dest, "keep", [keep], workdir=work / "destw")
     src_layout = Path(source.split(":", 1)[1].split("@")[0].rsplit(":", 1)[0]) if source.startswith("oci:") else None
-    before_dest = lib.layout_snapshot(dest)
-    before_src = lib.layout_snapshot(src_layout) if src_layout else None
     tmpdir = work / "tmpdir"
     tmpdir.mkdir(exist_ok=True)
+    before_dest = lib.layout_snapshot(dest)
+    before_siblings = sorted(p.name for p in dest.parent.iterdir())
+    before_src = lib.layout_snapshot(src_layout) if src_layout else None
 
     res = mkfs("convert", source, f"oci:{dest}:artifact", check=False, env={"TMPDIR": str(tmpdir)})
     context = f"\nstdout:\n{res.stdout}\nstderr:\n{res.stderr}"
@@ -62,6 +62,8 @@ def assert_rejected(mkfs: lib.Mkfs, work: Path, source: str, *, image: lib.Image
     for w in words:
         assert re.search(w, res.stderr, re.I), f"stderr does not say {w!r}{context}"
     assert lib.layout_snapshot(dest) == before_dest, "DEST layout changed by a failed conversion"
+    assert sorted(p.name for p in dest.parent.iterdir()) == before_siblings, \
+        f"files left next to DEST: {sorted(set(p.name for p in dest.parent.iterdir()) - set(before_siblings))}"
     if src_layout:
         assert lib.layout_snapshot(src_layout) == before_src, "source layout changed"
     assert list(tmpdir.iterdir()) == [], f"temporary files left in TMPDIR: {list(tmpdir.iterdir())}"
@@ -92,7 +94,6 @@ def test_bad_tar_header_checksum(mkfs, work):
     broken = bytearray(tar)
     broken[hdr + 5] ^= 0x01  # in the name field: the stored checksum no longer matches
     broken = bytes(broken)
-    import hashlib
     bad = lib.rewrite_image(img, "badsum", layer_blobs={1: broken},
                             diff_ids={1: "sha256:" + hashlib.sha256(broken).hexdigest()})
     assert_rejected(mkfs, work, bad.ref, image=bad, layer=1, words=("checksum",))

@@ -184,3 +184,20 @@ def test_materialize_writes_one_device_per_layer(mkfs, converted, work):
     with open(meta, "rb") as f:
         f.seek(1024)
         assert f.read(4) == (0xE0F5E1E2).to_bytes(4, "little"), "no EROFS superblock magic at 1024"
+
+
+def test_quiet_convert_prints_nothing(mkfs, converted, work):
+    img, _, _ = converted
+    res = mkfs("convert", "--quiet", img.ref, f"oci:{work / 'quiet'}:artifact")
+    assert res.stdout == "" and res.stderr == "", f"--quiet printed:\n{res.stdout}\n{res.stderr}"
+    lib.artifact_manifest(work / "quiet", "artifact")
+
+
+@pytest.mark.parametrize("command", ["inspect", "check", "materialize"])
+def test_commands_refuse_what_is_not_an_artifact(mkfs, converted, work, command):
+    """The source image is a valid OCI image, but no erostream artifact."""
+    img, _, _ = converted
+    args = [command, img.ref] + ([work / "out"] if command == "materialize" else [])
+    res = mkfs(*args, check=False)
+    assert res.returncode == 1, f"{command} of a plain image: exit {res.returncode}\n{res.stdout}\n{res.stderr}"
+    assert res.stderr.strip()

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -95,10 +96,6 @@ def test_gnu_long_names_and_link_names(mkfs, work):
     roundtrip(mkfs, work, [l])
 
 
-def _pax_file(layer: lib.Layer, path: str, data: bytes, **kw) -> tarfile.TarInfo:
-    return layer.file(path, data, **kw)
-
-
 def test_pax_records_override_ustar_fields(mkfs, work):
     """Each pax record carries a value the ustar field does not: a converter that ignores the
     record produces a visibly wrong entry."""
@@ -135,6 +132,23 @@ def test_mtime_fractions(mkfs, work):
     l.fifo("t/fifo", mtime="1650000000.5")
     l.file("t/no-fraction", b"x", mtime="1650000000")
     roundtrip(mkfs, work, [l])
+
+
+@pytest.mark.parametrize("cut", ["no-zero-blocks", "no-final-padding"])
+def test_tar_ending_without_end_of_archive_blocks(mkfs, work, cut):
+    """Go's archive/tar (umoci, containerd) takes the end of the stream at a header boundary, or
+    inside the last entry's padding, as the end of the archive; Debian's umoci 0.4.7 `insert`
+    writes such layers (see test_harness_selfcheck.test_umoci_insert)."""
+    l1 = lib.Layer()
+    l1.dir("t")
+    l1.file("t/first", b"first")
+    l1.file("t/last", b"last entry, 27 bytes long.\n")
+    raw = l1.to_bytes()
+    _, data = lib.tar_member_offsets(raw)["t/last"]
+    end = data + 27 if cut == "no-final-padding" else data + 512
+    l2 = lib.Layer()
+    l2.file("t/upper", b"upper")
+    roundtrip(mkfs, work, [raw[:end], l2])
 
 
 def test_pax_global_header_is_not_an_entry(mkfs, work):
@@ -436,7 +450,7 @@ def test_root_directory_entry(mkfs, work):
 
 
 def test_umoci_made_image(mkfs, work):
-    """An image made by umoci itself (its layers, its whiteouts)."""
+    """An image made by umoci itself: repacked layers, inserted trees, its whiteouts and opaque markers."""
     layout = work / "src"
     lib.umoci_init(layout, "img")
 
@@ -463,7 +477,15 @@ def test_umoci_made_image(mkfs, work):
 
     lib.umoci_add_layer(layout, "img", work, fill1)
     lib.umoci_add_layer(layout, "img", work, fill2)
+    extra = work / "insert-src"
+    (extra / "sub").mkdir(parents=True)
+    (extra / "sub" / "tool2").write_bytes(prng_bytes(12, 30_000))
+    (extra / "readme").write_bytes(b"inserted by umoci insert\n")
+    lib.umoci_insert(layout, "img", extra, "/opt/extra")
+    lib.umoci_insert(layout, "img", extra, "/bin", opaque=True)     # /bin's old content hidden
+    lib.umoci_insert(layout, "img", None, "/fifo", whiteout=True)
     img = lib.image_from_layout(layout, "img", work)
+    assert len(img.layers) == 5
     lib.convert_mount_compare(mkfs, img, work)
 
 
@@ -573,7 +595,12 @@ def test_file_over_4gib(mkfs, work):
                 h.update(chunk)
         assert h.hexdigest() == expected
 
-    lib.convert_mount_compare(mkfs, img, work, extra_checks=check)
+    try:
+        lib.convert_mount_compare(mkfs, img, work, extra_checks=check)
+    finally:
+        # a failed run keeps its work dir for a look, but not 8 GiB of it
+        shutil.rmtree(work / "reference-bundle", ignore_errors=True)
+        shutil.rmtree(work / "materialized", ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------
