@@ -248,9 +248,40 @@ def test_xattrs(mkfs, work):
     l.dir("x/shared")
     for i in range(40):  # the same xattr on many inodes (EROFS can share it)
         l.file(f"x/shared/f{i}", b"s", xattrs={"user.common": b"same value everywhere", "user.i": str(i).encode()})
-    l.file("x/ns-mix", b"n", xattrs={"security.ima": b"\x03\x02" + bytes(32), "trusted.c": b"c",
+    l.file("x/ns-mix", b"n", xattrs={"security.erostream-test": b"\x03\x02" + bytes(32), "trusted.c": b"c",
                                      "user.c": b"c"})
     roundtrip(mkfs, work, [l])
+
+
+def posix_acl(*entries: tuple[int, int, int]) -> bytes:
+    """The kernel's posix_acl_xattr format: version 2, then (tag, perm, id) entries."""
+    import struct
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+NO_ID = 0xFFFFFFFF
+
+
+def test_posix_acls(mkfs, work):
+    # The modes agree with the ACLs (group bits = mask, other = ACL_OTHER): setting an access ACL
+    # rewrites the mode on the reference's file system, and the tar should not contradict itself.
+    access = posix_acl((ACL_USER_OBJ, 7, NO_ID), (ACL_USER, 4, 1000), (ACL_GROUP_OBJ, 5, NO_ID),
+                       (ACL_GROUP, 5, 70000), (ACL_MASK, 5, NO_ID), (ACL_OTHER, 5, NO_ID))
+    default = posix_acl((ACL_USER_OBJ, 7, NO_ID), (ACL_GROUP_OBJ, 5, NO_ID), (ACL_GROUP, 5, 4),
+                        (ACL_MASK, 5, NO_ID), (ACL_OTHER, 0, NO_ID))
+    l = lib.Layer(tarfile.PAX_FORMAT)
+    l.dir("var")
+    l.dir("var/log")
+    l.dir("var/log/journal", mode=0o2755, gid=101,
+          xattrs={"system.posix_acl_access": access, "system.posix_acl_default": default})
+    l.file("var/log/journal/system.journal", b"j", mode=0o755, xattrs={"system.posix_acl_access": access})
+
+    def check(ref: Path, mnt: Path):
+        assert os.lstat(ref / "var/log/journal").st_mode & 0o7777 == 0o2755, "the reference rewrote the mode"
+        assert os.getxattr(mnt / "var/log/journal", "system.posix_acl_default") == default
+
+    roundtrip(mkfs, work, [l], extra_checks=check)
 
 
 def test_xattrs_umoci_drops(mkfs, work):
