@@ -179,7 +179,8 @@ def mkfs_binary() -> Path:
     try:
         return tools.mkfs_path()
     except tools.MkfsMissing as e:
-        pytest.fail(str(e), pytrace=False)
+        missing = str(e)
+    pytest.fail(missing, pytrace=False)
 
 
 @pytest.fixture
