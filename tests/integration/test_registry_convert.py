@@ -7,14 +7,12 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from registry.checks import (artifact_digests, assert_clear_failure, local_artifact_matches,  # noqa: E402
                              materialize_matches, no_partial_output)
 from registry.fixtures import *  # noqa: E402,F401,F403
-from registry.fixtures import HTPASSWD_USERS, INDEX_REPO, REPO, TAG, TOKEN_USERS  # noqa: E402
+from registry.fixtures import INDEX_REPO, REPO, TAG, TOKEN_USERS  # noqa: E402
 from registry.images import read_layout_manifest  # noqa: E402
 from registry import tools  # noqa: E402
 

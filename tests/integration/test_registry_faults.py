@@ -277,7 +277,7 @@ def test_storage_cut_then_range_modes(range_mode, auth_proxy, mkfs, test_image, 
     big = max(test_image.manifest["layers"], key=lambda l: l["size"])["digest"]
     px.storage_range_mode = range_mode
     px.add_rule("redirect", method="GET", path="/blobs/sha256:")
-    cut = px.add_rule("cut", where="storage", method="GET", times=1, fraction=0.5)
+    cut = px.add_rule("cut", where="storage", method="GET", path=f"/{big}$", times=1, fraction=0.5)
     run, out = _convert_via(mkfs, px, tmp_path)
     assert run.returncode == 0, run.describe()
     assert cut.fired == 1 and px.violations == []

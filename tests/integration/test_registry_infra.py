@@ -6,7 +6,6 @@ import base64
 import hashlib
 import http.client
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from registry.client import RegistryClient, parse_challenge  # noqa: E402
-from registry.fault_proxy import FaultProxy, Rule, TokenBucket  # noqa: E402
+from registry.fault_proxy import FaultProxy, TokenBucket  # noqa: E402
 from registry.fixtures import *  # noqa: E402,F401,F403
 from registry.fixtures import REPO, TAG, INDEX_REPO  # noqa: E402
 from registry.images import (MT_INDEX, MT_MANIFEST, make_test_image, read_layout_manifest,  # noqa: E402

@@ -37,6 +37,12 @@ def blob_gets(px, test_image, status=None):
             if r.path.rsplit("/", 1)[-1] in test_image.blob_digests]
 
 
+def layers_served(px, test_image) -> set:
+    """Layer digests px answered with 200 (the config blob is not required: a converter may not
+    need it)."""
+    return {r.path.rsplit("/", 1)[-1] for r in blob_gets(px, test_image, 200)} & set(test_image.layer_digests)
+
+
 def test_mirror_serves_pull_and_resolve(mkfs, origin_and_mirror, test_image, reference, tmp_path):
     origin, mirror = origin_and_mirror
     hosts = tmp_path / "certs.d"
@@ -45,7 +51,7 @@ def test_mirror_serves_pull_and_resolve(mkfs, origin_and_mirror, test_image, ref
     assert r.returncode == 0, r.describe()
     assert mirror.count(method="GET", path=f"/v2/{REPO}/manifests/{TAG}$") + \
         mirror.count(method="HEAD", path=f"/v2/{REPO}/manifests/{TAG}$") >= 1, "tag not resolved at the mirror"
-    assert len({r.path for r in blob_gets(mirror, test_image, 200)}) == len(test_image.blob_digests)
+    assert layers_served(mirror, test_image) == set(test_image.layer_digests)
     assert blob_gets(origin, test_image) == [], "blobs came from the origin although the mirror works"
     local_artifact_matches(mkfs, out, "art", tmp_path / "mat", reference)
 
@@ -58,7 +64,7 @@ def test_pull_only_mirror_resolves_tags_at_origin(mkfs, origin_and_mirror, test_
     assert r.returncode == 0, r.describe()
     assert mirror.count(path=f"/manifests/{TAG}$") == 0, "a pull-only mirror must not resolve tags"
     assert origin.count(path=f"/manifests/{TAG}$") >= 1
-    assert len({r.path for r in blob_gets(mirror, test_image, 200)}) == len(test_image.blob_digests)
+    assert layers_served(mirror, test_image) == set(test_image.layer_digests)
     local_artifact_matches(mkfs, out, "art", tmp_path / "mat", reference)
 
 
@@ -116,7 +122,7 @@ def test_http_proxy_from_environment(names, mkfs, plain_registry, forward_proxy,
     out = _convert(mkfs, plain_registry, tmp_path, env)
     recs = forward_proxy.requests()
     assert recs and all(r.proxy_form for r in recs)
-    assert len({r.path for r in recs if "/blobs/" in r.path}) == len(test_image.blob_digests)
+    assert layers_served(forward_proxy, test_image) == set(test_image.layer_digests)
     local_artifact_matches(mkfs, out, "art", tmp_path / "mat", reference)
 
 

@@ -10,15 +10,13 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from registry.checks import (artifact_digests, assert_clear_failure, fallback_index,  # noqa: E402
                              materialize_matches)
 from registry.client import RegistryClient  # noqa: E402
 from registry.fixtures import *  # noqa: E402,F401,F403
-from registry.fixtures import REPO, TAG  # noqa: E402
+from registry.fixtures import TAG  # noqa: E402
 from registry.registry import push_oci, skopeo_env  # noqa: E402
 
 

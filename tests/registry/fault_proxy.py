@@ -23,7 +23,7 @@ first `skip` matches pass and then fires `times` times (None: forever). Actions:
   delay        wait `seconds` before forwarding
   slow         forward with this response's body limited to `bytes_per_second`
   redirect     GET/HEAD of a blob the registry would serve (checked with a HEAD upstream): 307 to
-               the storage host. Params: ttl (seconds a signed URL lives, default 60),
+               the storage host (/storage/ID/DIGEST?se=EXPIRY&sig=...). Params: ttl (seconds a signed URL lives, default 60),
                expire_first (the first N URLs issued per blob are already expired)
   strip_range  forward without the Range header (the registry then answers 200 with all bytes)
   range_416    a request with a Range header gets 416 (Content-Range: bytes */SIZE)
@@ -528,7 +528,7 @@ class FaultProxy:
                                         expires, expired)
         se = f"{expires:.3f}"
         sig = hmac.new(self._key, f"{sid}:{se}".encode(), hashlib.sha256).hexdigest()
-        loc = f"http://{self.storage_host}/storage/{sid}?se={se}&sp=r&sig={sig}"
+        loc = f"http://{self.storage_host}/storage/{sid}/{digest}?se={se}&sp=r&sig={sig}"
         rec.note = f"redirect {digest} -> {sid}{' (issued expired)' if expired else ''}"
         return self._simple(rec, sock, 307, b"", {"Location": loc,
                                                   "Docker-Content-Digest": digest},
@@ -549,7 +549,7 @@ class FaultProxy:
                                 b"</Message></Error>", content_type="application/xml")
         if req.method not in ("GET", "HEAD"):
             return self._simple(rec, sock, 405, b"")
-        m = re.match(r"^/storage/([0-9a-f]+)$", path)
+        m = re.match(r"^/storage/([0-9a-f]+)/(sha256:[0-9a-f]{64})$", path)
         q = urllib.parse.parse_qs(query)
         if not m:
             return self._simple(rec, sock, 404, b"")
@@ -559,7 +559,7 @@ class FaultProxy:
         want = hmac.new(self._key, f"{sid}:{se}".encode(), hashlib.sha256).hexdigest()
         with self._lock:
             s = self._signed.get(sid)
-        if s is None or not hmac.compare_digest(want, sig):
+        if s is None or s.digest != m.group(2) or not hmac.compare_digest(want, sig):
             return self._simple(rec, sock, 403, b"<Error><Code>AuthenticationFailed</Code>"
                                 b"<Message>signature mismatch</Message></Error>",
                                 content_type="application/xml")
