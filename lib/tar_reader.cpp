@@ -302,6 +302,14 @@ Result<std::optional<TarEntry>> TarReader::next() {
             failed_->err = skipped.error().err;
             return std::unexpected(*failed_);
         }
+        if (*skipped < content_left_ + padding_ && *skipped >= content_left_) {
+            // The stream ends inside the last entry's padding, with its content complete: some
+            // writers (umoci insert) end layers this way and Go's reader, which containerd and
+            // umoci use, accepts it. Treat it as the end of the archive.
+            content_left_ = padding_ = 0;
+            done_ = true;
+            return std::nullopt;
+        }
         if (*skipped < content_left_ + padding_) {
             uint64_t have = content_size_ - content_left_ + std::min(*skipped, content_left_);
             failed_ = entry_error(fmt::format(
@@ -503,6 +511,12 @@ Result<std::optional<TarEntry>> TarReader::read_next() {
                  it != m->end() && it->first.starts_with(kXattrPrefix); ++it) {
                 std::string name = it->first.substr(kXattrPrefix.size());
                 if (name.empty()) return err("PAX xattr record with an empty name");
+                // An empty value deletes, as in Go's archive/tar, which containerd, Docker and
+                // umoci extract layers with: what they show is what the image means.
+                if (it->second.empty()) {
+                    xattrs.erase(name);
+                    continue;
+                }
                 xattrs.insert_or_assign(std::move(name), it->second);
             }
         }

@@ -927,6 +927,13 @@ def implicit_dirs(tar_paths: Iterable[Path]) -> set[str]:
                 continue
             if base.startswith(".wh."):
                 t = (d + "/" if d else "") + base[4:]
+                if t in added:
+                    # A whiteout hides lower layers only: what this layer put at t stays, and
+                    # removing the lower entries below t changes t's mtime in the reference.
+                    drop_below(t, keep=added)
+                    if state.get(t) == "explicit" or state.get(t) == "implicit":
+                        dirty.add(t)
+                    continue
                 state.pop(t, None)
                 dirty.discard(t)
                 drop_below(t)
