@@ -255,6 +255,54 @@ uint64_t partition_dir(Layout& L, Rec& r) {
     return (blocks - 1) * kBlk + used;
 }
 
+// Places inodes in the meta area. An inode that fits in a block (header, xattrs, inline tail or
+// short chunk table) goes first-fit into one of a few recently opened blocks, never across a
+// block boundary: the kernel maps an inline tail only inside one block, and one block read then
+// gets the whole inode. A larger inode (long chunk table, huge xattrs) starts a fresh block and
+// runs over as many as it needs; each chunk index is 8-byte aligned and so never straddles.
+class MetaPlacer {
+public:
+    explicit MetaPlacer(uint64_t start) : frontier_(align_up(start, kBlk) / kBlk) {
+        if (start % kBlk != 0) open(start / kBlk, align_up(start % kBlk, 32));
+    }
+
+    uint64_t place(uint64_t size) {
+        const uint64_t need = align_up(size, 32);  // nids count 32-byte slots
+        if (need <= kBlk) {
+            for (size_t i = 0; i < open_.size(); ++i) {
+                OpenBlock& b = open_[i];
+                if (b.used + need > kBlk) continue;
+                const uint64_t pos = b.blk * kBlk + b.used;
+                b.used += need;
+                if (kBlk - b.used < kInodeSize) open_.erase(open_.begin() + static_cast<ptrdiff_t>(i));
+                return pos;
+            }
+        }
+        const uint64_t pos = frontier_ * kBlk;
+        frontier_ += need / kBlk;
+        if (need % kBlk != 0) open(frontier_++, need % kBlk);
+        return pos;
+    }
+    // The first block after the meta area.
+    uint64_t end_block() const { return frontier_; }
+
+private:
+    struct OpenBlock {
+        uint64_t blk;
+        uint64_t used;
+    };
+    static constexpr size_t kMaxOpen = 16;  // enough to fill gaps, few enough to keep locality
+
+    void open(uint64_t blk, uint64_t used) {
+        if (kBlk - used < kInodeSize) return;
+        if (open_.size() == kMaxOpen) open_.erase(open_.begin());
+        open_.push_back({blk, used});
+    }
+
+    uint64_t frontier_;
+    std::vector<OpenBlock> open_;
+};
+
 }  // namespace
 
 Result<std::string> build_erofs_image(const Node& root, const ErofsBuildOptions& opt,
@@ -384,21 +432,17 @@ Result<std::string> build_erofs_image(const Node& root, const ErofsBuildOptions&
     // Placement. The meta area starts at block 0 (superblock at 1024, device table after it);
     // the root goes first so that its nid is small (sb.root_nid is 16 bits) and never 0.
     const uint64_t devt_end = kDevTableOffset + uint64_t(EROFS_DEVT_SLOT_SIZE) * opt.devices.size();
-    uint64_t cur = align_up(devt_end, 32);
+    MetaPlacer placer(devt_end);
     for (Rec& r : L.recs) {
         const uint64_t head = kInodeSize + r.xattr_len;
         uint64_t total = head;
         if (r.layout == EROFS_INODE_FLAT_INLINE) total += r.tail;  // <= one block by choice
-        // Inode header and xattrs (and an inline tail) stay inside one block when they can; a
-        // header bigger than a block starts on a block boundary.
-        const uint64_t keep = std::min<uint64_t>(total, kBlk);
-        if (cur % kBlk + keep > kBlk || (total > kBlk && cur % kBlk != 0)) cur = align_up(cur, kBlk);
-        r.pos = cur;
         if (r.layout == EROFS_INODE_CHUNK_BASED)
-            total = align_up(cur + head, sizeof(erofs_inode_chunk_index)) - cur +
+            total = align_up(head, sizeof(erofs_inode_chunk_index)) +
                     r.nchunks * sizeof(erofs_inode_chunk_index);
-        cur = align_up(cur + total, 32);
+        r.pos = placer.place(total);
     }
+    const uint64_t cur = placer.end_block() * kBlk;
     const uint64_t root_nid = L.recs[0].pos / 32;
     if (root_nid > UINT16_MAX)
         return failf("root nid {} does not fit 16 bits ({} devices)", root_nid, opt.devices.size());

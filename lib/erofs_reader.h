@@ -2,7 +2,8 @@
 // The image is untrusted: every offset, length and count is checked against the image before it
 // is used, and errors name the nid, the path or the byte offset that is wrong. Supports what
 // erostream writes (uncompressed flat and chunk-based inodes, inline xattrs, a device table) plus
-// compact inodes; compressed inodes, shared xattrs and long xattr prefixes are rejected.
+// what plain mkfs.erofs writes without compression (compact inodes, block-map chunks); compressed
+// inodes, shared xattrs and long xattr prefixes are rejected with a reason.
 #pragma once
 
 #include <cstdint>

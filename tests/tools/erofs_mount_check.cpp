@@ -258,7 +258,6 @@ void check_entry(const SampleImage& s, const std::string& mnt, const std::string
         if (st.st_size != 0) mismatch("{}: size {}, want 0", path, st.st_size);
         break;
     }
-    // Special files: the kernel lists no xattr handler for them differently; check all types.
     check_xattrs(path, real, in);
 }
 

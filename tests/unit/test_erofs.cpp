@@ -734,3 +734,30 @@ TEST_CASE("erofs reader: reads images made by mkfs.erofs (compact inodes, block 
         CHECK(got == files);
     }
 }
+
+TEST_CASE("erofs: root placement with a big root directory or a long device table") {
+    SUBCASE("root tail too big for the rest of block 0") {
+        auto root = make_implicit_dir(-1);
+        for (int i = 0; i < 60; ++i) add(*root, fmt::format("{:040}", i), reg_inline("x"));
+        const std::string image = build_ok(*root, {});
+        auto r = ErofsReader::open(image);
+        REQUIRE(r.has_value());
+        CHECK(r->root_nid() == 4096 / 32);
+        auto info = r->read_inode(r->root_nid());
+        REQUIRE(info.has_value());
+        CHECK(info->datalayout == EROFS_INODE_FLAT_INLINE);
+        CHECK(walk_all(*r).size() == 61);
+    }
+    SUBCASE("40 devices: the table runs into block 1") {
+        SampleImage s(12, 40);
+        s.chunked_file("/f", 40 * 4096, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17,
+                                          18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31,
+                                          32, 33, 34, 35, 36, 37, 38, 39, 40});
+        const std::string image = build_ok(*s.root, s.opt);
+        auto r = ErofsReader::open(image);
+        REQUIRE(r.has_value());
+        CHECK(r->devices() == s.opt.devices);
+        CHECK(r->root_nid() == (1152 + 40 * 128) / 32);
+        compare_with_sample(s, image);
+    }
+}
