@@ -230,7 +230,10 @@ Result<PendingArtifact> convert_one(ImageSource& source, const ResolvedManifest&
     report.subject.annotations.clear();
     report.subject.platform.reset();
     report.subject.artifact_type.clear();
-    if (rm.desc.platform) report.platform = rm.desc.platform->str();
+    // An index names the platform; a lone manifest's platform is in its config.
+    std::optional<Platform> platform = rm.desc.platform;
+    if (!platform) platform = platform_of_config(rm.config_bytes);
+    if (platform) report.platform = platform->str();
 
     std::vector<DeviceChunks> devices;
     std::vector<ErofsDevice> erofs_devices;
@@ -282,7 +285,7 @@ Result<PendingArtifact> convert_one(ImageSource& source, const ResolvedManifest&
     art.manifest = serialize_manifest(m);
     art.manifest_desc = describe_bytes(art.manifest, std::string(media_type::kOciManifest));
     art.manifest_desc.artifact_type = std::string(media_type::kErostreamArtifact);
-    if (rm.desc.platform) art.manifest_desc.platform = rm.desc.platform;
+    art.manifest_desc.platform = platform;
     report.artifact = art.manifest_desc;
     report.tag = art.tag.value_or("");
     return art;
