@@ -333,7 +333,16 @@ Result<InspectReport> inspect_artifact(const Artifact& a) {
             ++rep.files;
             rep.tree_bytes += ino.size;
             if (ino.datalayout == EROFS_INODE_CHUNK_BASED) {
-                for (const auto& c : ino.chunks) (c.is_hole() ? rep.hole_refs : rep.chunk_refs)++;
+                uint64_t chunk = uint64_t{1} << ino.chunk_bits;
+                for (size_t k = 0; k < ino.chunks.size(); ++k) {
+                    if (ino.chunks[k].is_hole()) {
+                        ++rep.hole_refs;
+                        continue;
+                    }
+                    ++rep.chunk_refs;
+                    uint64_t len = std::min<uint64_t>(chunk, ino.size - k * chunk);
+                    rep.referenced_bytes += (len + EROFS_BLKSIZ - 1) / EROFS_BLKSIZ * EROFS_BLKSIZ;
+                }
             } else if (ino.size > 0) {
                 ++rep.inline_files;
                 rep.inline_bytes += ino.size;
