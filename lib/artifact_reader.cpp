@@ -92,14 +92,14 @@ Result<Artifact> load_artifact(ArtifactStore& store, const Descriptor& d) {
     a.desc = d;
     std::string mbytes = EROS_TRY(store.read_manifest(d));
     a.manifest = EROS_TRY(parse_manifest(mbytes));
-    if (a.manifest.artifact_type != kArtifactTypeErostream)
+    if (a.manifest.artifact_type != std::string(media_type::kErostreamArtifact))
         return failf("{} is not an erostream artifact (artifactType '{}')", d.digest,
                      a.manifest.artifact_type);
-    if (a.manifest.layers.empty() || a.manifest.layers[0].media_type != kMediaTypeErostreamMeta)
+    if (a.manifest.layers.empty() || a.manifest.layers[0].media_type != std::string(media_type::kErostreamMeta))
         return failf("artifact {}: the first layer is not an erostream metadata blob", d.digest);
     a.meta_desc = a.manifest.layers[0];
     for (size_t i = 1; i < a.manifest.layers.size(); ++i) {
-        if (a.manifest.layers[i].media_type != kMediaTypeErostreamData)
+        if (a.manifest.layers[i].media_type != std::string(media_type::kErostreamData))
             return failf("artifact {}: layer {} has media type '{}', not an erostream data blob",
                          d.digest, i, a.manifest.layers[i].media_type);
         a.data.push_back(a.manifest.layers[i]);
@@ -333,7 +333,16 @@ Result<InspectReport> inspect_artifact(const Artifact& a) {
             ++rep.files;
             rep.tree_bytes += ino.size;
             if (ino.datalayout == EROFS_INODE_CHUNK_BASED) {
-                for (const auto& c : ino.chunks) (c.is_hole() ? rep.hole_refs : rep.chunk_refs)++;
+                uint64_t chunk = uint64_t{1} << ino.chunk_bits;
+                for (size_t k = 0; k < ino.chunks.size(); ++k) {
+                    if (ino.chunks[k].is_hole()) {
+                        ++rep.hole_refs;
+                        continue;
+                    }
+                    ++rep.chunk_refs;
+                    uint64_t len = std::min<uint64_t>(chunk, ino.size - k * chunk);
+                    rep.referenced_bytes += (len + EROFS_BLKSIZ - 1) / EROFS_BLKSIZ * EROFS_BLKSIZ;
+                }
             } else if (ino.size > 0) {
                 ++rep.inline_files;
                 rep.inline_bytes += ino.size;

@@ -85,6 +85,7 @@ struct InspectReport {
     uint64_t tree_bytes = 0;      // sum of regular file sizes (hardlinked once)
     uint64_t inline_files = 0, inline_bytes = 0;
     uint64_t chunk_refs = 0, hole_refs = 0;
+    uint64_t referenced_bytes = 0;  // block-padded bytes of all non-hole chunk references
     uint64_t meta_size = 0, erofs_size = 0;
     struct Layer {
         std::string layer_digest, blob_digest;

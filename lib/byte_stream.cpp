@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 namespace erostream {
@@ -54,6 +55,16 @@ Result<size_t> FdStream::read(void* buf, size_t n) {
         }
         return static_cast<size_t>(r);
     }
+}
+
+MemoryStream::MemoryStream(std::string data, size_t max_read)
+    : data_(std::move(data)), max_read_(max_read == 0 ? 1 : max_read) {}
+
+Result<size_t> MemoryStream::read(void* buf, size_t n) {
+    n = std::min({n, data_.size() - pos_, max_read_});
+    if (n > 0) std::memcpy(buf, data_.data() + pos_, n);
+    pos_ += n;
+    return n;
 }
 
 Result<std::unique_ptr<ByteStream>> open_file_stream(const std::string& path) {

@@ -41,6 +41,20 @@ private:
     uint64_t remaining_ = 0;
 };
 
+// Reads an in-memory string: tests, fuzzers and small blobs. `max_read` caps the bytes one read
+// returns, so tests can check that consumers cope with short reads.
+class MemoryStream final : public ByteStream {
+public:
+    explicit MemoryStream(std::string data, size_t max_read = SIZE_MAX);
+    Result<size_t> read(void* buf, size_t n) override;
+    uint64_t position() const { return pos_; }
+
+private:
+    std::string data_;
+    size_t pos_ = 0;
+    size_t max_read_;
+};
+
 Result<std::unique_ptr<ByteStream>> open_file_stream(const std::string& path);
 
 }  // namespace erostream

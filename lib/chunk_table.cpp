@@ -67,7 +67,7 @@ Result<MetadataBlob> parse_metadata_blob(std::string_view blob) {
         return fail("metadata blob has no erostream footer (not an erostream artifact?)");
     if (f.version != EROSTREAM_FORMAT_VERSION)
         return failf("metadata blob format version {} is not supported (this build reads {})",
-                     f.version, EROSTREAM_FORMAT_VERSION);
+                     uint32_t{f.version}, EROSTREAM_FORMAT_VERSION);
     uint64_t erofs_len = uint64_t{f.erofs_blocks} * EROFS_BLKSIZ;
     if (f.table_offset != erofs_len || f.table_size > blob.size() ||
         erofs_len + f.table_size + sizeof(erostream_footer) != blob.size())
@@ -79,7 +79,7 @@ Result<MetadataBlob> parse_metadata_blob(std::string_view blob) {
     auto hdr = load_pod<erostream_table_header>(table, 0);
     if (std::memcmp(hdr.magic, EROSTREAM_TABLE_MAGIC, 8) != 0) return fail("chunk table: bad magic");
     if (hdr.chunk_bits < EROFS_BLKSIZ_BITS || hdr.chunk_bits > 24)
-        return failf("chunk table: chunk size 2^{} out of range", hdr.chunk_bits);
+        return failf("chunk table: chunk size 2^{} out of range", uint32_t{hdr.chunk_bits});
     uint64_t need = sizeof(hdr) + uint64_t{hdr.device_count} * sizeof(erostream_device_record);
     if (hdr.device_count > 65535 || need > table.size() ||
         hdr.chunk_count > (table.size() - need) / sizeof(erostream_chunk_record) ||

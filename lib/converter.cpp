@@ -230,14 +230,17 @@ Result<PendingArtifact> convert_one(ImageSource& source, const ResolvedManifest&
     report.subject.annotations.clear();
     report.subject.platform.reset();
     report.subject.artifact_type.clear();
-    if (rm.desc.platform) report.platform = rm.desc.platform->str();
+    // An index names the platform; a lone manifest's platform is in its config.
+    std::optional<Platform> platform = rm.desc.platform;
+    if (!platform) platform = platform_of_config(rm.config_bytes);
+    if (platform) report.platform = platform->str();
 
     std::vector<DeviceChunks> devices;
     std::vector<ErofsDevice> erofs_devices;
     for (size_t i = 0; i < art.blobs.size(); ++i) {
         auto& b = art.blobs[i];
         Descriptor d;
-        d.media_type = kMediaTypeErostreamData;
+        d.media_type = std::string(media_type::kErostreamData);
         d.digest = digest_string(b.digest);
         d.size = static_cast<int64_t>(b.result.blob_size);
         d.annotations[kAnnotationTitle] = layer_title(i);
@@ -266,23 +269,23 @@ Result<PendingArtifact> convert_one(ImageSource& source, const ResolvedManifest&
     auto image = build_erofs_image(tree.root(), eopt, &report.erofs);
     if (!image) return std::unexpected(image.error().prefix("building the EROFS metadata"));
     art.meta = assemble_metadata_blob(std::move(*image), opt.chunk_bits, devices);
-    report.metadata = describe_bytes(art.meta, kMediaTypeErostreamMeta);
+    report.metadata = describe_bytes(art.meta, std::string(media_type::kErostreamMeta));
     report.metadata.annotations[kAnnotationTitle] = "meta.erofs";
 
     Manifest m;
     m.schema_version = 2;
-    m.media_type = kMediaTypeOciManifest;
-    m.artifact_type = kArtifactTypeErostream;
-    m.config = describe_bytes("{}", kMediaTypeOciEmpty);
+    m.media_type = std::string(media_type::kOciManifest);
+    m.artifact_type = std::string(media_type::kErostreamArtifact);
+    m.config = describe_bytes("{}", std::string(media_type::kOciEmpty));
     m.layers.push_back(report.metadata);
     for (auto& d : art.data_descs) m.layers.push_back(d);
     m.subject = report.subject;
     m.annotations[kAnnotationFormat] = std::to_string(EROSTREAM_FORMAT_VERSION);
     m.annotations[kAnnotationChunkSize] = std::to_string(uint64_t{1} << opt.chunk_bits);
     art.manifest = serialize_manifest(m);
-    art.manifest_desc = describe_bytes(art.manifest, kMediaTypeOciManifest);
-    art.manifest_desc.artifact_type = kArtifactTypeErostream;
-    if (rm.desc.platform) art.manifest_desc.platform = rm.desc.platform;
+    art.manifest_desc = describe_bytes(art.manifest, std::string(media_type::kOciManifest));
+    art.manifest_desc.artifact_type = std::string(media_type::kErostreamArtifact);
+    art.manifest_desc.platform = platform;
     report.artifact = art.manifest_desc;
     report.tag = art.tag.value_or("");
     return art;
@@ -290,14 +293,14 @@ Result<PendingArtifact> convert_one(ImageSource& source, const ResolvedManifest&
 
 Result<void> commit(PendingArtifact& art, const OciLayout& dest) {
     for (size_t i = 0; i < art.blobs.size(); ++i) {
-        Descriptor d = EROS_TRY(art.blobs[i].writer.commit(kMediaTypeErostreamData));
+        Descriptor d = EROS_TRY(art.blobs[i].writer.commit(std::string(media_type::kErostreamData)));
         if (d.digest != art.data_descs[i].digest)
             return failf("internal: data blob digest changed while committing ({} vs {})", d.digest,
                          art.data_descs[i].digest);
     }
-    EROS_TRYV(dest.put_blob(art.meta, kMediaTypeErostreamMeta));
-    EROS_TRYV(dest.put_blob("{}", kMediaTypeOciEmpty));
-    EROS_TRYV(dest.put_blob(art.manifest, kMediaTypeOciManifest));
+    EROS_TRYV(dest.put_blob(art.meta, std::string(media_type::kErostreamMeta)));
+    EROS_TRYV(dest.put_blob("{}", std::string(media_type::kOciEmpty)));
+    EROS_TRYV(dest.put_blob(art.manifest, std::string(media_type::kOciManifest)));
     return dest.add_manifest(art.manifest_desc, art.tag);
 }
 

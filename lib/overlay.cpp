@@ -34,7 +34,11 @@ std::shared_ptr<Inode> inode_from_entry(const TarEntry& e, int layer) {
     ino->gid = e.gid;
     ino->mtime = e.mtime;
     ino->mtime_nsec = e.mtime_nsec;
-    ino->xattrs = e.xattrs;
+    // trusted.overlay.* is overlayfs' private metadata. The merged tree has applied every
+    // whiteout already, and an overlayfs mounted over this image would obey such xattrs
+    // (redirects, opaque dirs, metacopy), so they are dropped, as umoci does.
+    for (const auto& x : e.xattrs)
+        if (!x.name.starts_with("trusted.overlay.")) ino->xattrs.push_back(x);
     ino->layer = layer;
     switch (ino->type) {
     case FileType::Regular: ino->size = e.size; break;
@@ -175,7 +179,12 @@ Result<std::shared_ptr<Inode>> OverlayTree::apply(const TarEntry& e, int layer) 
         } else if (!std::string_view(name).starts_with(kAufsMetaPrefix)) {
             auto& children = (*parent)->children;
             auto it = children.find(name.substr(kWhiteoutPrefix.size()));
-            if (it != children.end() && it->second->layer < layer) children.erase(it);
+            if (it != children.end()) {
+                // Whiteouts hide lower layers only: an entry this layer wrote stays, with
+                // whatever this layer put below it.
+                if (it->second->layer < layer) children.erase(it);
+                else if (it->second->is_dir()) prune_lower(*it->second, layer);
+            }
         }
         return nullptr;
     }

@@ -27,7 +27,8 @@ DEST    oci:DIR[:TAG]   (the layout is created if missing)
 
 Options:
   --chunk-size SIZE    chunk size, a power of two from 4k to 16M (default 1M)
-  --inline-max SIZE    files up to SIZE bytes are kept inside the metadata (default 2048; 0: none)
+  --inline-max SIZE    files up to SIZE bytes are kept inside the metadata (default 2048, at
+                       most 64k; 0: none)
   --level N            zstd compression level (default 3)
   --platform P         OS/ARCH[/VARIANT] to convert from an index
   --jobs N             worker threads (default: one per core)
@@ -106,7 +107,7 @@ int cmd_convert(int argc, char** argv) {
         case kInline: {
             auto v = parse_size(optarg);
             if (!v) return usage_error("convert", "--inline-max: " + v.error().what());
-            if (*v > 4000) return usage_error("convert", "--inline-max must be at most 4000 (it must fit in one block)");
+            if (*v > 65536) return usage_error("convert", "--inline-max must be at most 64k");
             opt.inline_max = *v;
             break;
         }

@@ -52,7 +52,8 @@ int cmd_inspect(int argc, char** argv) {
         device += l.device_bytes;
         chunks += l.chunks;
     }
-    uint64_t chunked_bytes = rep->tree_bytes - rep->inline_bytes;
+    // Dedup: what the files reference against what is stored (both in whole blocks).
+    uint64_t chunked_bytes = rep->referenced_bytes;
     if (json) {
         nlohmann::json layers = nlohmann::json::array();
         for (const auto& l : rep->layers)
@@ -74,6 +75,7 @@ int cmd_inspect(int argc, char** argv) {
             {"tree_bytes", rep->tree_bytes},
             {"inline_files", rep->inline_files},
             {"inline_bytes", rep->inline_bytes},
+            {"metadata", art->artifact.meta_desc.digest},
             {"metadata_bytes", rep->meta_size},
             {"erofs_bytes", rep->erofs_size},
             {"chunks", chunks},
@@ -97,8 +99,8 @@ int cmd_inspect(int argc, char** argv) {
                 (unsigned long long)rep->hardlinks, (unsigned long long)rep->tree_bytes);
     std::printf("inline       %llu files, %llu bytes kept in the metadata\n",
                 (unsigned long long)rep->inline_files, (unsigned long long)rep->inline_bytes);
-    std::printf("metadata     %llu bytes (EROFS %llu)\n", (unsigned long long)rep->meta_size,
-                (unsigned long long)rep->erofs_size);
+    std::printf("metadata     %s: %llu bytes (EROFS %llu)\n", art->artifact.meta_desc.digest.c_str(),
+                (unsigned long long)rep->meta_size, (unsigned long long)rep->erofs_size);
     std::printf("data         %llu chunks, %llu bytes stored, %llu uncompressed: compression %.2fx, dedup %.2fx\n",
                 (unsigned long long)chunks, (unsigned long long)stored, (unsigned long long)device,
                 ratio(device, stored), ratio(chunked_bytes, device));
