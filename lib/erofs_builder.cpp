@@ -20,32 +20,6 @@ constexpr uint64_t kMaxXattrArea = 12 + 4ull * (UINT16_MAX - 1);
 
 constexpr uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
-uint8_t ftype_of(FileType t) {
-    switch (t) {
-    case FileType::Regular: return EROFS_FT_REG_FILE;
-    case FileType::Directory: return EROFS_FT_DIR;
-    case FileType::Symlink: return EROFS_FT_SYMLINK;
-    case FileType::CharDevice: return EROFS_FT_CHRDEV;
-    case FileType::BlockDevice: return EROFS_FT_BLKDEV;
-    case FileType::Fifo: return EROFS_FT_FIFO;
-    case FileType::Socket: return EROFS_FT_SOCK;
-    }
-    return EROFS_FT_UNKNOWN;
-}
-
-uint16_t mode_type_bits(FileType t) {
-    switch (t) {
-    case FileType::Regular: return S_IFREG;
-    case FileType::Directory: return S_IFDIR;
-    case FileType::Symlink: return S_IFLNK;
-    case FileType::CharDevice: return S_IFCHR;
-    case FileType::BlockDevice: return S_IFBLK;
-    case FileType::Fifo: return S_IFIFO;
-    case FileType::Socket: return S_IFSOCK;
-    }
-    return 0;
-}
-
 // A name index and the suffix stored after it; the kernel's xattr handlers only know these.
 struct XattrPrefix {
     std::string_view prefix;
@@ -391,7 +365,7 @@ Result<std::string> build_erofs_image(const Node& root, const ErofsBuildOptions&
                     return failf("{}: too many hardlinks", child_path(dir.path, name));
                 ++cr.nlink;
             }
-            L.dents.push_back({name, ino, ftype_of(in->type)});
+            L.dents.push_back({name, ino, erofs_ftype_of(in->type)});
         }
         // No name sorts after "." and "..": they go last.
         if (!dot_done) L.dents.push_back({".", dir.ino, EROFS_FT_DIR});

@@ -36,19 +36,6 @@ Result<FileType> type_of_mode(uint16_t mode) {
     return failf("bogus i_mode {:o}", mode);
 }
 
-uint8_t ftype_of(FileType t) {
-    switch (t) {
-    case FileType::Regular: return EROFS_FT_REG_FILE;
-    case FileType::Directory: return EROFS_FT_DIR;
-    case FileType::Symlink: return EROFS_FT_SYMLINK;
-    case FileType::CharDevice: return EROFS_FT_CHRDEV;
-    case FileType::BlockDevice: return EROFS_FT_BLKDEV;
-    case FileType::Fifo: return EROFS_FT_FIFO;
-    case FileType::Socket: return EROFS_FT_SOCK;
-    }
-    return EROFS_FT_UNKNOWN;
-}
-
 const char* xattr_prefix(uint8_t index) {
     switch (index) {
     case EROFS_XATTR_INDEX_USER: return "user.";
@@ -430,7 +417,7 @@ Result<void> ErofsReader::walk(const WalkFn& fn) const {
         const uint64_t parent = top.nid;
         auto info = read_inode(e.nid);
         if (!info) return std::unexpected(std::move(info.error().prefix(path)));
-        if (ftype_of(info->type) != e.file_type)
+        if (erofs_ftype_of(info->type) != e.file_type)
             return failf("{} (nid {}): directory entry says file type {}, the inode is a {}", path,
                          e.nid, e.file_type, file_type_name(info->type));
         EROS_TRYV(fn(path, *info));

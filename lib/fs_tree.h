@@ -16,6 +16,9 @@ namespace erostream {
 enum class FileType : uint8_t { Regular, Directory, Symlink, CharDevice, BlockDevice, Fifo, Socket };
 
 const char* file_type_name(FileType t);
+// The EROFS dirent file type (EROFS_FT_*) and the S_IF* bits of i_mode for a file type.
+uint8_t erofs_ftype_of(FileType t);
+uint16_t mode_type_bits(FileType t);
 
 struct Xattr {
     std::string name;  // full name, e.g. "security.capability"

@@ -1,5 +1,7 @@
 #include "image_source.h"
 
+#include "decompress.h"
+
 #include <set>
 #include <utility>
 
@@ -15,42 +17,20 @@ constexpr size_t kMaxManifestSize = 8 << 20;
 constexpr size_t kMaxConfigSize = 64 << 20;
 constexpr int kMaxIndexDepth = 4;
 
-// Checks size and digest of what flows through; see verify_blob_stream.
-class BlobCheckStream final : public ByteStream {
+// Puts "layer sha256:..: " in front of every error of the stream below.
+class LabeledStream final : public ByteStream {
 public:
-    BlobCheckStream(std::unique_ptr<ByteStream> src, std::string label, Sha256Digest want,
-                    uint64_t want_size)
-        : src_(std::move(src)), label_(std::move(label)), want_(want), want_size_(want_size) {}
-
+    LabeledStream(std::unique_ptr<ByteStream> src, std::string label)
+        : src_(std::move(src)), label_(std::move(label)) {}
     Result<size_t> read(void* buf, size_t n) override {
-        if (verified_ || n == 0) return 0;
         auto got = src_->read(buf, n);
-        if (!got) {
-            got.error().prefix(label_);
-            return got;
-        }
-        if (*got > 0) {
-            seen_ += *got;
-            if (seen_ > want_size_)
-                return failf("{}: more than the {} bytes its descriptor says", label_, want_size_);
-            hash_.update(buf, *got);
-            return *got;
-        }
-        if (seen_ != want_size_)
-            return failf("{}: {} bytes, its descriptor says {}", label_, seen_, want_size_);
-        if (hash_.finish() != want_) return failf("{}: digest mismatch", label_);
-        verified_ = true;
-        return 0;
+        if (!got) got.error().prefix(label_);
+        return got;
     }
 
 private:
     std::unique_ptr<ByteStream> src_;
     std::string label_;
-    Sha256Digest want_;
-    uint64_t want_size_;
-    uint64_t seen_ = 0;
-    Sha256 hash_;
-    bool verified_ = false;
 };
 
 // A stream that fails on its first read: keeps verify_blob_stream's signature total.
@@ -214,8 +194,8 @@ std::unique_ptr<ByteStream> verify_blob_stream(std::unique_ptr<ByteStream> raw, 
     if (!want) return std::make_unique<FailedStream>(Error{0, label + ": " + want.error().message});
     if (d.size < 0)
         return std::make_unique<FailedStream>(Error{0, label + ": negative size in descriptor"});
-    return std::make_unique<BlobCheckStream>(std::move(raw), std::move(label), *want,
-                                             static_cast<uint64_t>(d.size));
+    return std::make_unique<LabeledStream>(
+        std::make_unique<DigestingStream>(std::move(raw), *want, d.size), std::move(label));
 }
 
 Result<std::vector<ResolvedManifest>> resolve_manifests(const Descriptor& top,

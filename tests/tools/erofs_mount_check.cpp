@@ -94,19 +94,6 @@ std::string read_all(const std::string& path, int* err) {
     return out;
 }
 
-mode_t type_bits(FileType t) {
-    switch (t) {
-    case FileType::Regular: return S_IFREG;
-    case FileType::Directory: return S_IFDIR;
-    case FileType::Symlink: return S_IFLNK;
-    case FileType::CharDevice: return S_IFCHR;
-    case FileType::BlockDevice: return S_IFBLK;
-    case FileType::Fifo: return S_IFIFO;
-    case FileType::Socket: return S_IFSOCK;
-    }
-    return 0;
-}
-
 unsigned char dtype_of(FileType t) {
     switch (t) {
     case FileType::Regular: return DT_REG;
@@ -171,7 +158,7 @@ void check_entry(const SampleImage& s, const std::string& mnt, const std::string
         mismatch("{}: lstat: {}", path, std::strerror(errno));
         return;
     }
-    if ((st.st_mode & S_IFMT) != type_bits(in.type))
+    if ((st.st_mode & S_IFMT) != mode_type_bits(in.type))
         mismatch("{}: type {:o}, want {}", path, st.st_mode & S_IFMT, file_type_name(in.type));
     if ((st.st_mode & 07777) != in.mode)
         mismatch("{}: mode {:o}, want {:o}", path, st.st_mode & 07777, in.mode);

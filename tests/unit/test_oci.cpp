@@ -618,11 +618,11 @@ TEST_CASE("oci source: single manifest, blobs verified") {
     spit(l.blob_path(img.layer.digest), "layer-bytes+more");
     bad = (*src)->open_blob(img.layer);
     REQUIRE_OK(bad);
-    CHECK_ERR_HAS(read_all(**bad), "more than the 11 bytes");
+    CHECK_ERR_HAS(read_all(**bad), "size mismatch: expected 11 bytes, got more");
     spit(l.blob_path(img.layer.digest), "layer");
     bad = (*src)->open_blob(img.layer);
     REQUIRE_OK(bad);
-    CHECK_ERR_HAS(read_all(**bad), "5 bytes, its descriptor says 11");
+    CHECK_ERR_HAS(read_all(**bad), "size mismatch: expected 11 bytes, got 5");
     Descriptor missing = img.layer;
     missing.digest = fake_digest('7');
     CHECK_ERR_HAS((*src)->open_blob(missing), "open");
