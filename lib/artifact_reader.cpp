@@ -12,7 +12,12 @@
 #include <set>
 #include <unordered_set>
 
+#include <spdlog/spdlog.h>
+
 #include "converter.h"
+#include "registry/reference.h"
+#include "registry/registry_session.h"
+#include "registry/registry_store.h"
 #include "sha256.h"
 #include "unique_fd.h"
 
@@ -149,6 +154,22 @@ Result<OpenedArtifact> open_artifact(std::string_view ref) {
     return out;
 }
 
+Result<OpenedArtifact> open_artifact(std::string_view ref, RegistrySession& registry,
+                                     const std::optional<Platform>& platform) {
+    if (!ref.starts_with("docker://")) return open_artifact(ref);
+    auto r = parse_image_reference(ref);
+    if (!r) return std::unexpected(r.error());
+    auto client = EROS_TRY(registry.client(r->registry));
+    auto d = resolve_artifact(*client, *r, platform);
+    if (!d) return std::unexpected(d.error());
+    OpenedArtifact out;
+    out.store = std::make_unique<RegistryStore>(client, r->repository);
+    auto a = load_artifact(*out.store, *d);
+    if (!a) return std::unexpected(a.error().prefix(fmt::format("docker://{}/{}@{}", r->registry, r->repository, d->digest)));
+    out.artifact = std::move(*a);
+    return out;
+}
+
 Result<void> decode_chunk(std::string_view frame, const erostream_chunk_record& rec, std::string& out) {
     size_t want = size_t{rec.blocks} * EROFS_BLKSIZ;
     out.resize(want);
@@ -208,11 +229,15 @@ Result<void> materialize_artifact(ArtifactStore& store, const Artifact& a, const
                 return fmt::format("data blob {} ({}) chunk {} at device block {}", job.device + 1,
                                    a.data[job.device].digest, job.chunk, rec.blkaddr);
             };
-            auto frame = store.read_range(a.data[job.device], rec.compressed_offset, rec.compressed_size);
-            if (!frame) return std::unexpected(frame.error().prefix(where()));
             std::string plain;
-            auto ok = decode_chunk(*frame, rec, plain);
-            if (!ok) return std::unexpected(ok.error().prefix(where()));
+            for (unsigned attempt = 0;; ++attempt) {
+                auto frame = store.read_range(a.data[job.device], rec.compressed_offset, rec.compressed_size);
+                if (!frame) return std::unexpected(frame.error().prefix(where()));
+                auto ok = decode_chunk(*frame, rec, plain);
+                if (ok) break;
+                if (attempt >= store.read_retries()) return std::unexpected(ok.error().prefix(where()));
+                spdlog::warn("{}: {}; reading it again", where(), ok.error().what());
+            }
             EROS_TRYV(pwrite_all(job.fd, plain.data(), plain.size(), uint64_t{rec.blkaddr} * EROFS_BLKSIZ));
             uint64_t n = ++done;
             if (progress) {

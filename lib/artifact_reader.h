@@ -5,6 +5,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,9 @@ public:
     virtual Result<std::string> read_blob(const Descriptor& d) = 0;      // whole, verified
     // Exactly `len` bytes at `offset` of blob `d`, unverified (chunks are verified by digest).
     virtual Result<std::string> read_range(const Descriptor& d, uint64_t offset, uint64_t len) = 0;
+    // How often a range whose chunk fails verification is read again: bytes from a network can be
+    // corrupted in transit, bytes from a local file cannot.
+    virtual unsigned read_retries() const { return 0; }
 };
 
 class LayoutStore final : public ArtifactStore {
@@ -61,6 +65,12 @@ struct OpenedArtifact {
     Artifact artifact;
 };
 Result<OpenedArtifact> open_artifact(std::string_view ref);
+// The same, with "docker://REGISTRY/REPO(:TAG|@sha256:..)" too: an erostream artifact named
+// directly, or an image whose artifact is found through its referrers (for `platform`, default
+// this machine's).
+class RegistrySession;
+Result<OpenedArtifact> open_artifact(std::string_view ref, RegistrySession& registry,
+                                     const std::optional<Platform>& platform = std::nullopt);
 
 // Decompresses and verifies one chunk's frame; `out` receives blocks * 4096 bytes.
 Result<void> decode_chunk(std::string_view frame, const erostream_chunk_record& rec,

@@ -6,6 +6,9 @@
 #include <utility>
 
 #include "docker_archive.h"
+#include "registry/reference.h"
+#include "registry/registry_image_source.h"
+#include "registry/registry_session.h"
 #include "oci_layout.h"
 #include "sha256.h"
 
@@ -252,7 +255,21 @@ Result<std::unique_ptr<ImageSource>> open_image_source(std::string_view ref) {
         if (name && name->empty()) return failf("{}: empty image name", ref);
         return open_docker_archive(file, name);
     }
-    return failf("{}: unknown transport (expected oci: or docker-archive:)", ref);
+    if (ref.starts_with("docker://"))
+        return failf("{}: a registry reference needs registry options (open_image_source with a RegistrySession)", ref);
+    return failf("{}: unknown transport (expected oci:, docker-archive: or docker://)", ref);
+}
+
+Result<std::unique_ptr<ImageSource>> open_image_source(std::string_view ref, RegistrySession& registry,
+                                                       DownloadStats* stats) {
+    if (!ref.starts_with("docker://")) return open_image_source(ref);
+    auto r = parse_image_reference(ref);
+    if (!r) return std::unexpected(r.error());
+    auto client = registry.client(r->registry);
+    if (!client) return std::unexpected(client.error());
+    RegistrySourceOptions opt;
+    opt.stats = stats;
+    return open_registry_source(*r, std::move(*client), opt);
 }
 
 }  // namespace erostream

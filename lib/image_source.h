@@ -38,6 +38,9 @@ public:
     // caller must read it to the end before trusting what it read. The stream does not borrow
     // the source; several may be open at once, from several threads.
     virtual Result<std::unique_ptr<ByteStream>> open_blob(const Descriptor& d) = 0;
+    // After a failed conversion: true when the failure came from bytes corrupted in transit that
+    // the source is fetching again, so that converting again can succeed. Clears the condition.
+    virtual bool retry_after_failure() { return false; }
 };
 
 // "oci:DIR[:TAG]", "oci:DIR@sha256:HEX", "docker-archive:FILE[:REF]" where REF is a RepoTags
@@ -45,6 +48,12 @@ public:
 // matches too) or "@N", the N-th image of the archive (0-based); without REF the archive must
 // hold exactly one image. Errors start with the reference.
 Result<std::unique_ptr<ImageSource>> open_image_source(std::string_view ref);
+// The same, with "docker://[REGISTRY/]REPO[:TAG][@DIGEST]" too, through `registry` (see
+// registry/registry_session.h); `stats` (may be null) counts the layer downloads.
+class RegistrySession;
+struct DownloadStats;
+Result<std::unique_ptr<ImageSource>> open_image_source(std::string_view ref, RegistrySession& registry,
+                                                       DownloadStats* stats = nullptr);
 
 // The part after "oci:". DIR ends at the first ':' as in skopeo/containers-image, so DIR cannot
 // contain ':' and TAG may ("oci:/x:a:b" is tag "a:b"); "DIR@sha256:<64 hex>" names a digest (the

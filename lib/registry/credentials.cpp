@@ -156,8 +156,9 @@ Result<Credential> CredentialStore::resolve(const std::string& registry) {
         }
         if (src.kind == CredentialSource::Helper) {
             auto c = run_credential_helper(src.helper, credential_helper_server(registry));
-            if (!c && c.error().err == ENOENT) {
+            if (!c && c.error().err == ENOENT && src.store) {
                 // A config written on another machine (credsStore "desktop"): go on without it.
+                // A helper named for this very registry (credHelpers) must be there.
                 spdlog::warn("{}: credential helper docker-credential-{} is not installed; trying without credentials",
                              file, src.helper);
                 continue;

@@ -105,6 +105,7 @@ CredentialSource lookup_credentials(const DockerConfig& cfg, std::string_view re
     if (!cfg.creds_store.empty()) {
         src.kind = CredentialSource::Helper;
         src.helper = cfg.creds_store;
+        src.store = true;
     }
     return src;
 }

@@ -48,6 +48,7 @@ struct CredentialSource {
     enum Kind { None, Inline, Helper } kind = None;
     Credential cred;     // Inline
     std::string helper;  // Helper: run "docker-credential-<helper> get"
+    bool store = false;  // the helper is the config's credsStore (for every registry)
 };
 CredentialSource lookup_credentials(const DockerConfig& cfg, std::string_view registry);
 

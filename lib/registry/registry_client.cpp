@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "http_parsers.h"
+#include "decompress.h"
 #include "sha256.h"
 #include "url.h"
 
@@ -139,7 +140,7 @@ Result<Credential> RegistryClient::credential_for(const RegistryEndpoint& ep) {
     return shared_.credentials->lookup(ep.mirror ? ep.api.authority() : registry_);
 }
 
-void RegistryClient::sleep_backoff(unsigned attempt) {
+void RegistryClient::backoff(unsigned attempt) {
     std::this_thread::sleep_for(opt_.retry.delay(attempt, flow_ctx_.random01(), std::nullopt));
 }
 
@@ -192,7 +193,8 @@ Result<FlowOutcome> RegistryClient::send(const RegistryEndpoint& ep_in, Call cal
 
 // --- manifests ---------------------------------------------------------------------------------
 
-Result<FetchedManifest> RegistryClient::get_manifest_once(std::string_view repo, std::string_view reference) {
+Result<FetchedManifest> RegistryClient::get_manifest_once(std::string_view repo, std::string_view reference,
+                                                          bool* corrupt) {
     const bool by_digest = is_digest_ref(reference);
     if (by_digest) EROS_TRYV(check_digest_string(reference));
     std::string what = fmt::format("GET manifest {}{}{}", repo, by_digest ? "@" : ":", reference);
@@ -220,11 +222,15 @@ Result<FetchedManifest> RegistryClient::get_manifest_once(std::string_view repo,
         FetchedManifest m;
         m.bytes = r.body;
         m.digest = digest_string(sha256(m.bytes));
-        if (by_digest && m.digest != reference)
+        if (by_digest && m.digest != reference) {
+            *corrupt = true;
             return failf("{}: {}: the registry sent a manifest whose digest is {}", context(), what, m.digest);
-        if (auto dcd = r.headers.get("Docker-Content-Digest"); dcd && dcd->starts_with("sha256:") && *dcd != m.digest)
+        }
+        if (auto dcd = r.headers.get("Docker-Content-Digest"); dcd && dcd->starts_with("sha256:") && *dcd != m.digest) {
+            *corrupt = true;
             return failf("{}: {}: the manifest's digest is {} but the registry says {}", context(), what, m.digest,
                          std::string(dcd->substr(0, 80)));
+        }
         if (auto ct = r.headers.get("Content-Type")) m.media_type = media_type_essence(*ct);
         if (m.media_type.empty() || m.media_type == "application/json" || m.media_type == "text/plain" ||
             m.media_type == "application/octet-stream")
@@ -238,11 +244,12 @@ Result<FetchedManifest> RegistryClient::get_manifest_once(std::string_view repo,
 Result<FetchedManifest> RegistryClient::get_manifest(std::string_view repo, std::string_view reference) {
     // A body corrupted on the way shows as a digest mismatch: ask again.
     for (unsigned attempt = 0;; ++attempt) {
-        auto m = get_manifest_once(repo, reference);
-        if (m || attempt >= opt_.retry.max_retries || m.error().message.find("digest is") == std::string::npos)
+        bool corrupt = false;
+        auto m = get_manifest_once(repo, reference, &corrupt);
+        if (m || attempt >= opt_.retry.max_retries || !corrupt)
             return m;
         spdlog::warn("{}; fetching it again", m.error().what());
-        sleep_backoff(attempt);
+        backoff(attempt);
     }
 }
 
@@ -345,7 +352,8 @@ Result<FlowOutcome> RegistryClient::get_blob(std::string_view repo, std::string_
     return failf("{}: no endpoint can serve {}", context(), what);
 }
 
-// Streams a blob, hashing as it goes, resuming with a range request after a connection loss.
+// Streams a blob's bytes, resuming with a range request after a connection loss; checks the
+// length (when known) but not the digest: callers stack a DigestingStream or hash themselves.
 class RegistryBlobStream final : public ByteStream {
 public:
     RegistryBlobStream(RegistryClient& c, std::string repo, std::string digest, std::optional<uint64_t> size)
@@ -362,22 +370,17 @@ public:
             }
             if (*r == 0) {
                 if (size_ && off_ < *size_) {
-                    TransportError te{TransportErrorKind::Truncated, fmt::format("body ended at byte {} of {}", off_, *size_)};
+                    TransportError te{TransportErrorKind::Truncated,
+                                      fmt::format("body ended short: {} of {} bytes (transfer closed early)", off_, *size_)};
                     if (!retry_allowed(te)) return std::unexpected(error(te.message));
                     continue;
                 }
                 ex_.reset();
                 eof_ = true;
-                std::string got = digest_string(hash_.finish());
-                if (got != digest_)
-                    return std::unexpected(error(fmt::format("content digest is {} ({} bytes): corrupted in transit or "
-                                                             "by the registry",
-                                                             got, off_)));
                 return 0;
             }
             if (size_ && off_ + *r > *size_)
                 return std::unexpected(error(fmt::format("blob is longer than the {} bytes its descriptor says", *size_)));
-            hash_.update(buf, *r);
             off_ += *r;
             return *r;
         }
@@ -392,8 +395,20 @@ private:
         ex_.reset();
         if (!is_retryable_transport(e.kind, true) || resumes_ >= c_.opt_.retry.max_retries) return false;
         spdlog::warn("{}: blob {}@{}: {} at byte {}; resuming", c_.context(), repo_, digest_, e.message, off_);
-        c_.sleep_backoff(resumes_++);
+        c_.backoff(resumes_++);
         return true;
+    }
+
+    // Drops `skip` bytes of a fresh response that started at byte 0.
+    Result<void> skip_prefix(HttpExchange& ex, uint64_t skip) {
+        char buf[65536];
+        while (skip > 0) {
+            auto r = ex.read(buf, std::min<uint64_t>(skip, sizeof buf));
+            if (!r) return std::unexpected(error(r.error().message));
+            if (*r == 0) return std::unexpected(error("body ended while skipping to the resume offset"));
+            skip -= *r;
+        }
+        return {};
     }
 
     Result<void> open() {
@@ -402,26 +417,22 @@ private:
         auto out = c_.get_blob(repo_, digest_, range);
         if (!out) return std::unexpected(out.error());
         int st = out->response.status;
-        if (st == 206 && off_ > 0) {
+        if (st == 416 && off_ > 0) {
+            // The server will not resume: start over and drop what we already have.
+            out = c_.get_blob(repo_, digest_, std::nullopt);
+            if (!out) return std::unexpected(out.error());
+            st = out->response.status;
+            if (st == 200 && out->stream) EROS_TRYV(skip_prefix(*out->stream, off_));
+        } else if (st == 206 && off_ > 0) {
             auto cr = out->response.headers.get("Content-Range");
             auto parsed = cr ? parse_content_range(*cr) : Result<ContentRange>(fail("no Content-Range"));
             if (!parsed || !parsed->first || *parsed->first != off_)
                 return std::unexpected(error("the registry answered the resume request with a different range"));
-        } else if (st == 200) {
-            if (off_ > 0) {
-                // The server ignored the range: drop what we already have.
-                uint64_t skip = off_;
-                char buf[65536];
-                while (skip > 0) {
-                    auto r = out->stream->read(buf, std::min<uint64_t>(skip, sizeof buf));
-                    if (!r) return std::unexpected(error(r.error().message));
-                    if (*r == 0) return std::unexpected(error("body ended while skipping to the resume offset"));
-                    skip -= *r;
-                }
-            }
-        } else {
-            return std::unexpected(status_error(out->response, fmt::format("{}: GET blob {}@{}", c_.context(), repo_, digest_)));
+        } else if (st == 200 && off_ > 0 && out->stream) {
+            EROS_TRYV(skip_prefix(*out->stream, off_));  // the server ignored the range
         }
+        if (st != 200 && st != 206)
+            return std::unexpected(status_error(out->response, fmt::format("{}: GET blob {}@{}", c_.context(), repo_, digest_)));
         if (!out->stream) return std::unexpected(error("no body"));
         ex_ = std::move(out->stream);
         return {};
@@ -431,74 +442,93 @@ private:
     std::string repo_, digest_;
     std::optional<uint64_t> size_;
     std::unique_ptr<HttpExchange> ex_;
-    Sha256 hash_;
     uint64_t off_ = 0;
     unsigned resumes_ = 0;
     bool eof_ = false;
 };
 
-Result<std::unique_ptr<ByteStream>> RegistryClient::open_blob(std::string_view repo, std::string_view digest,
-                                                              std::optional<uint64_t> size) {
+Result<std::unique_ptr<ByteStream>> RegistryClient::open_blob_unverified(std::string_view repo, std::string_view digest,
+                                                                         std::optional<uint64_t> size) {
     EROS_TRYV(check_digest_string(digest));
-    auto s = std::make_unique<RegistryBlobStream>(*this, std::string(repo), std::string(digest), size);
-    return std::unique_ptr<ByteStream>(std::move(s));
+    return std::unique_ptr<ByteStream>(
+        std::make_unique<RegistryBlobStream>(*this, std::string(repo), std::string(digest), size));
 }
 
-Result<std::string> RegistryClient::fetch_blob(std::string_view repo, std::string_view digest, uint64_t max_size) {
+Result<std::unique_ptr<ByteStream>> RegistryClient::open_blob(std::string_view repo, std::string_view digest,
+                                                              std::optional<uint64_t> size) {
+    auto expected = parse_digest(digest);
+    if (!expected) return failf("'{}' is not a sha256 digest", digest.substr(0, 80));
+    auto raw = EROS_TRY(open_blob_unverified(repo, digest, size));
+    return std::unique_ptr<ByteStream>(std::make_unique<DigestingStream>(
+        std::move(raw), *expected, size ? static_cast<int64_t>(*size) : -1));
+}
+
+Result<uint64_t> RegistryClient::fetch_to(std::string_view repo, std::string_view digest, std::optional<uint64_t> size,
+                                          uint64_t max_size, const std::function<Result<void>(const char*, size_t, uint64_t)>& sink,
+                                          const std::function<Result<void>()>& restart, unsigned max_attempts) {
     for (unsigned attempt = 0;; ++attempt) {
-        auto s = EROS_TRY(open_blob(repo, digest, std::nullopt));
-        std::string out;
-        char buf[65536];
-        Result<void> st{};
+        auto s = EROS_TRY(open_blob_unverified(repo, digest, size));
+        Sha256 h;
+        uint64_t off = 0;
+        std::vector<char> buf(1 << 20);
         for (;;) {
-            auto r = s->read(buf, sizeof buf);
-            if (!r) {
-                st = std::unexpected(r.error());
-                break;
-            }
-            if (*r == 0) break;
-            if (out.size() + *r > max_size) return failf("{}: blob {}@{} is larger than {} bytes", context(), repo, digest, max_size);
-            out.append(buf, *r);
+            size_t n = EROS_TRY(s->read(buf.data(), buf.size()));
+            if (n == 0) break;
+            if (off + n > max_size) return failf("{}: blob {}@{} is larger than {} bytes", context(), repo, digest, max_size);
+            EROS_TRYV(sink(buf.data(), n, off));
+            h.update(buf.data(), n);
+            off += n;
         }
-        if (st) return out;
-        if (attempt >= opt_.retry.max_retries || st.error().message.find("content digest is") == std::string::npos)
-            return std::unexpected(st.error());
-        spdlog::warn("{}; fetching it again", st.error().what());
-        sleep_backoff(attempt);
+        std::string got = digest_string(h.finish());
+        if (got == digest) return off;
+        Error e{EIO, fmt::format("{}: blob {}@{}: digest mismatch: got {} ({} bytes), corrupted in transit or by "
+                                 "the registry",
+                                 context(), repo, digest, got, off)};
+        if (attempt + 1 >= max_attempts) return std::unexpected(e);
+        spdlog::warn("{}; fetching it again", e.what());
+        EROS_TRYV(restart());
+        backoff(attempt);
     }
 }
 
+Result<std::string> RegistryClient::fetch_blob(std::string_view repo, std::string_view digest, uint64_t max_size) {
+    std::string out;
+    EROS_TRYV(fetch_to(
+        repo, digest, std::nullopt, max_size,
+        [&](const char* p, size_t n, uint64_t) -> Result<void> {
+            out.append(p, n);
+            return {};
+        },
+        [&]() -> Result<void> {
+            out.clear();
+            return {};
+        },
+        opt_.retry.max_retries + 1));
+    return out;
+}
+
 Result<uint64_t> RegistryClient::download_blob(std::string_view repo, std::string_view digest,
-                                               std::optional<uint64_t> size, int fd, const TransferProgress& progress) {
-    for (unsigned attempt = 0;; ++attempt) {
-        auto s = EROS_TRY(open_blob(repo, digest, size));
-        uint64_t off = 0;
-        std::vector<char> buf(1 << 20);
-        Result<void> st{};
-        for (;;) {
-            auto r = s->read(buf.data(), buf.size());
-            if (!r) {
-                st = std::unexpected(r.error());
-                break;
-            }
-            if (*r == 0) break;
+                                               std::optional<uint64_t> size, int fd, const TransferProgress& progress,
+                                               unsigned max_attempts) {
+    if (max_attempts == 0) max_attempts = opt_.retry.max_retries + 1;
+    return fetch_to(
+        repo, digest, size, UINT64_MAX,
+        [&](const char* p, size_t n, uint64_t off) -> Result<void> {
             size_t done = 0;
-            while (done < *r) {
-                ssize_t w = ::pwrite(fd, buf.data() + done, *r - done, static_cast<off_t>(off + done));
+            while (done < n) {
+                ssize_t w = ::pwrite(fd, p + done, n - done, static_cast<off_t>(off + done));
                 if (w < 0 && errno == EINTR) continue;
                 if (w < 0) return fail_errno(fmt::format("{}: writing blob {}", context(), digest));
                 done += static_cast<size_t>(w);
             }
-            off += *r;
-            if (progress) progress(off, size.value_or(0));
-        }
-        if (st) return off;
-        if (attempt >= opt_.retry.max_retries || st.error().message.find("content digest is") == std::string::npos)
-            return std::unexpected(st.error());
-        spdlog::warn("{}; downloading it again", st.error().what());
-        if (::ftruncate(fd, 0) != 0) return fail_errno("truncating the download file");
-        sleep_backoff(attempt);
-    }
+            if (progress) progress(off + n, size.value_or(0));
+            return {};
+        },
+        [&]() -> Result<void> {
+            if (::ftruncate(fd, 0) != 0) return fail_errno("truncating the download file");
+            return {};
+        },
+        max_attempts);
 }
 
 Result<std::string> RegistryClient::read_range(std::string_view repo, std::string_view digest, uint64_t offset,
@@ -571,7 +601,7 @@ Result<std::string> RegistryClient::read_range(std::string_view repo, std::strin
         if (!cut) return body;
         if (attempt >= opt_.retry.max_retries) return failf("{}: {}", where(), te.message);
         spdlog::warn("{}: {}; retrying", where(), te.message);
-        sleep_backoff(attempt);
+        backoff(attempt);
     }
 }
 
@@ -644,7 +674,7 @@ Result<BlobPushResult> RegistryClient::push_blob(std::string_view repo, std::str
     for (unsigned attempt = 0; attempt <= opt_.retry.max_retries; ++attempt) {
         if (attempt > 0) {
             spdlog::warn("{}; starting the upload again", last->what());
-            sleep_backoff(attempt - 1);
+            backoff(attempt - 1);
         }
         // 1. Open an upload session (or mount).
         std::string start_url = ep.url_for(fmt::format("{}/blobs/uploads/", repo));

@@ -117,12 +117,17 @@ public:
     // range request from where it stopped.
     Result<std::unique_ptr<ByteStream>> open_blob(std::string_view repo, std::string_view digest,
                                                   std::optional<uint64_t> size);
-    // A whole (small) blob, verified; refetched when the bytes do not match.
+    // The same stream without the digest check (lengths are still checked), for callers that
+    // hash the bytes themselves.
+    Result<std::unique_ptr<ByteStream>> open_blob_unverified(std::string_view repo, std::string_view digest,
+                                                             std::optional<uint64_t> size);
+    // A whole (small) blob, verified; fetched again when the bytes do not match.
     Result<std::string> fetch_blob(std::string_view repo, std::string_view digest, uint64_t max_size = 64u << 20);
-    // Downloads a blob into `fd` from its current offset... from offset 0 (pwrite), verified;
-    // retried from the start on a digest mismatch. `progress` sees the bytes written so far.
+    // Downloads a blob into `fd` at offset 0 (pwrite), verified; fetched again from the start on a
+    // digest mismatch, at most `max_attempts` times in all (0: the retry policy's count).
+    // `progress` sees the bytes written so far.
     Result<uint64_t> download_blob(std::string_view repo, std::string_view digest, std::optional<uint64_t> size,
-                                   int fd, const TransferProgress& progress = nullptr);
+                                   int fd, const TransferProgress& progress = nullptr, unsigned max_attempts = 0);
     // Exactly `len` bytes at `offset` (unverified: the caller checks chunk digests). Copes with
     // 206, with a 200 that ignored the range, and reports 416 as ERANGE. Storage URLs the
     // registry redirects to are reused for later ranges of the same blob until they fail.
@@ -147,6 +152,10 @@ public:
     // registries without the referrers API. Returns false when it was listed already.
     Result<bool> add_to_referrers_tag(std::string_view repo, std::string_view subject_digest,
                                       const ReferrerDescriptor& d);
+
+    const RetryPolicy& retry_policy() const { return opt_.retry; }
+    // Sleeps the backoff delay before retry number `attempt` (0-based).
+    void backoff(unsigned attempt);
 
     // Forgets cached signed storage URLs (tests; after a long pause).
     void forget_storage_urls();
@@ -175,12 +184,16 @@ private:
     Result<Credential> credential_for(const RegistryEndpoint& ep);
     // GET of a blob (a range when offset or len), trying mirrors first; returns a live stream.
     Result<FlowOutcome> get_blob(std::string_view repo, std::string_view digest, std::optional<std::string> range);
-    Result<FetchedManifest> get_manifest_once(std::string_view repo, std::string_view reference);
+    // Fetches a blob into `sink` (bytes, length, offset), hashing it; on a digest mismatch calls
+    // `restart` and fetches it again, at most max_attempts times in all.
+    Result<uint64_t> fetch_to(std::string_view repo, std::string_view digest, std::optional<uint64_t> size,
+                              uint64_t max_size, const std::function<Result<void>(const char*, size_t, uint64_t)>& sink,
+                              const std::function<Result<void>()>& restart, unsigned max_attempts);
+    Result<FetchedManifest> get_manifest_once(std::string_view repo, std::string_view reference, bool* corrupt);
     Result<std::optional<std::vector<ReferrerDescriptor>>> referrers_api(std::string_view repo,
                                                                          std::string_view subject_digest,
                                                                          std::string_view artifact_type);
     std::string context() const { return "registry " + registry_; }
-    void sleep_backoff(unsigned attempt);
 
     friend class RegistryBlobStream;
 

@@ -232,9 +232,15 @@ RequestFlow::Action RequestFlow::on_response(const HttpResponse& resp) {
         return a;
     }
     if (off_origin_) {
-        if (on_direct_ && st >= 400 && st < 500) {
+        if (on_direct_ && st >= 400 && st < 500 && st != 416) {
             // The signed URL expired or was revoked: ask the registry for a new one.
             direct_failed_ = true;
+            return send_main();
+        }
+        if (!on_direct_ && (st == 401 || st == 403) && storage_refusals_ < 2) {
+            // A URL the registry just handed out was refused (expired on arrival, clock skew):
+            // ask the registry again.
+            ++storage_refusals_;
             return send_main();
         }
         if (is_retryable_status(st)) return retry_or_done(retry_after_of(resp, ctx_.wall_now()), idempotent_main());

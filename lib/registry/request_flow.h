@@ -121,6 +121,7 @@ private:
     unsigned retries_ = 0;
     unsigned auth_rounds_ = 0;
     unsigned token_fetches_ = 0;
+    unsigned storage_refusals_ = 0;
     std::optional<AuthChallenge> bearer_;
 };
 

@@ -457,3 +457,24 @@ TEST_CASE("run_flow: a streamed final body is handed over live") {
     REQUIRE(!failed);
     CHECK(failed.error().message.find("https://reg.example/v2/lib/x/manifests/1: connection refused") != std::string::npos);
 }
+
+TEST_CASE("flow: a storage URL refused right after the redirect sends the flow back to the registry") {
+    Fixture f;
+    RequestFlow flow(f.ctx, f.spec("GET", "/v2/lib/x/blobs/sha256:aa"));
+    flow.start();
+    auto a = flow.on_response(resp(307, {{"Location", "http://storage.example/s?sig=1"}}));
+    REQUIRE(a.step == Step::Send);
+    a = flow.on_response(resp(403));
+    REQUIRE(a.step == Step::Send);
+    CHECK(a.request.url == "https://reg.example/v2/lib/x/blobs/sha256:aa");
+    a = flow.on_response(resp(307, {{"Location", "http://storage.example/s?sig=2"}}));
+    a = flow.on_response(resp(200));
+    CHECK(a.step == Step::Done);
+    // A 416 from a cached URL is an answer about the range, not about the URL.
+    auto s = f.spec("GET", "/v2/lib/x/blobs/sha256:aa");
+    s.direct_url = "http://storage.example/s?sig=2";
+    RequestFlow direct(f.ctx, s);
+    direct.start();
+    CHECK(direct.on_response(resp(416)).step == Step::Done);
+    CHECK(!direct.direct_url_failed());
+}
