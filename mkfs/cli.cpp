@@ -82,4 +82,41 @@ void ProgressLine::finish() {
     last_len_ = 0;
 }
 
+const char* const kRegistryHelp = R"(
+Registry options (for docker://[REGISTRY/]REPO[:TAG][@sha256:HEX] references):
+  --insecure           skip TLS verification, and allow plain http for any registry (registries
+                       on localhost, 127.0.0.0/8 and ::1 are spoken to over http anyway)
+  --hosts-dir DIR      containerd hosts.toml directory: DIR/HOST[:PORT]/hosts.toml, else
+                       DIR/_default/hosts.toml (default /etc/containerd/certs.d)
+  --ca-file FILE       extra CA certificates (PEM) for the registry's TLS
+  --aad-token-file F   an Azure AD access token to exchange for an ACR refresh token
+                       (default: $EROSTREAM_AAD_TOKEN)
+Credentials: $REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json (else ~/.docker/config.json),
+$XDG_RUNTIME_DIR/containers/auth.json, with the credential helpers they name.
+Environment: HTTP_PROXY, HTTPS_PROXY, NO_PROXY (either case); EROSTREAM_RETRY_MAX (default 5)
+and EROSTREAM_RETRY_BASE_MS (default 200) for retries with backoff.
+)";
+
+std::vector<option> with_registry_options(std::initializer_list<option> own) {
+    std::vector<option> v(own);
+    v.push_back({"insecure", no_argument, nullptr, kOptInsecure});
+    v.push_back({"hosts-dir", required_argument, nullptr, kOptHostsDir});
+    v.push_back({"ca-file", required_argument, nullptr, kOptCaFile});
+    v.push_back({"aad-token-file", required_argument, nullptr, kOptAadTokenFile});
+    v.push_back({nullptr, 0, nullptr, 0});
+    return v;
+}
+
+bool parse_registry_option(int c, const char* arg, RegistryOptions& opt) {
+    switch (c) {
+    case kOptInsecure: opt.endpoints.insecure = true; return true;
+    case kOptHostsDir: opt.endpoints.hosts_dir = arg; return true;
+    case kOptCaFile: opt.endpoints.ca_file = arg; return true;
+    case kOptAadTokenFile: opt.credentials.aad_token_file = arg; return true;
+    default: return false;
+    }
+}
+
+RegistryOptions default_registry_options() { return RegistryOptions{}; }
+
 }  // namespace erostream::cli

@@ -2,11 +2,16 @@
 // run id, progress lines on stderr.
 #pragma once
 
+#include <getopt.h>
+
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
+#include "registry/registry_client.h"
 #include "result.h"
 
 namespace erostream::cli {
@@ -41,7 +46,19 @@ private:
     size_t last_len_ = 0;
 };
 
+// Options every command takes for docker:// references, in one place.
+enum RegistryOptionId { kOptInsecure = 900, kOptHostsDir, kOptCaFile, kOptAadTokenFile };
+// `own` (without the terminating zero entry) followed by the registry options and the terminator.
+std::vector<option> with_registry_options(std::initializer_list<option> own);
+// Applies registry option `c`; false when `c` is not one of them.
+bool parse_registry_option(int c, const char* arg, RegistryOptions& opt);
+// The help text for them, to append to each command's --help.
+extern const char* const kRegistryHelp;
+// The registry options with the environment's defaults (retries, credentials).
+RegistryOptions default_registry_options();
+
 int cmd_convert(int argc, char** argv);
+int cmd_discover(int argc, char** argv);
 int cmd_materialize(int argc, char** argv);
 int cmd_inspect(int argc, char** argv);
 int cmd_check(int argc, char** argv);

@@ -6,6 +6,7 @@
 
 #include "artifact_reader.h"
 #include "cli.h"
+#include "registry/registry_session.h"
 
 namespace erostream::cli {
 
@@ -15,8 +16,13 @@ constexpr const char* kHelp = R"(Usage: erostream-mkfs inspect [OPTIONS] ARTIFAC
 Shows what an artifact holds: the tree (files, directories, bytes), the metadata size, and per
 layer the data blob's stored and uncompressed sizes and chunks, with compression and dedup ratios.
 
+ARTIFACT  oci:DIR:TAG | oci:DIR@sha256:HEX | docker://REG/REPO(:TAG|@sha256:HEX): an erostream
+          artifact, or an image whose newest artifact (for --platform, default this machine's)
+          is found through the registry's referrers (API, else the sha256-<hex> tag)
+
 Options:
   --json       machine-readable output on stdout
+  --platform P OS/ARCH[/VARIANT] whose artifact to take when ARTIFACT names an image index
   -h, --help   this text
 )";
 
@@ -24,24 +30,38 @@ double ratio(uint64_t a, uint64_t b) { return b ? static_cast<double>(a) / stati
 }  // namespace
 
 int cmd_inspect(int argc, char** argv) {
-    enum { kJson = 1000 };
-    static const option opts[] = {
+    enum { kJson = 1000, kPlatform };
+    static const auto opts = with_registry_options({
         {"json", no_argument, nullptr, kJson},
+        {"platform", required_argument, nullptr, kPlatform},
         {"help", no_argument, nullptr, 'h'},
-        {nullptr, 0, nullptr, 0},
-    };
+    });
+    RegistryOptions ropt = default_registry_options();
+    std::optional<Platform> platform;
     bool json = false;
     optind = 1;
     int c;
-    while ((c = getopt_long(argc, argv, "h", opts, nullptr)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", opts.data(), nullptr)) != -1) {
         switch (c) {
-        case 'h': std::fputs(kHelp, stdout); return kExitOk;
+        case 'h':
+            std::fputs(kHelp, stdout);
+            std::fputs(kRegistryHelp, stdout);
+            return kExitOk;
+        case kPlatform: {
+            auto p = parse_platform(optarg);
+            if (!p) return usage_error("inspect", "--platform: " + p.error().what());
+            platform = *p;
+            break;
+        }
         case kJson: json = true; break;
-        default: return usage_error("inspect", "unknown option");
+        default:
+            if (parse_registry_option(c, optarg, ropt)) break;
+            return usage_error("inspect", "unknown option");
         }
     }
     if (argc - optind != 1) return usage_error("inspect", "expected ARTIFACT");
-    auto art = open_artifact(argv[optind]);
+    RegistrySession registry(ropt);
+    auto art = open_artifact(argv[optind], registry, platform);
     if (!art) return report_error(art.error());
     auto rep = inspect_artifact(art->artifact);
     if (!rep) return report_error(rep.error().prefix(argv[optind]));

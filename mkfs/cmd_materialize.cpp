@@ -4,6 +4,7 @@
 
 #include "artifact_reader.h"
 #include "cli.h"
+#include "registry/registry_session.h"
 
 namespace erostream::cli {
 
@@ -14,37 +15,54 @@ Writes DIR/meta.erofs and DIR/device-1.img .. DIR/device-N.img (each data blob's
 device, in device-table order), verifying every chunk against the digests in the metadata, so
 that the kernel can mount meta.erofs with device=DIR/device-1.img,... and no daemon.
 
-ARTIFACT  oci:DIR:TAG | oci:DIR@sha256:HEX naming an erostream artifact
+ARTIFACT  oci:DIR:TAG | oci:DIR@sha256:HEX | docker://REG/REPO(:TAG|@sha256:HEX): an erostream
+          artifact, or an image whose newest artifact (for --platform, default this machine's)
+          is found through the registry's referrers (API, else the sha256-<hex> tag)
 
 Options:
   --jobs N     worker threads (default: one per core)
   --quiet      no progress on stderr
+  --platform P OS/ARCH[/VARIANT] whose artifact to take when ARTIFACT names an image index
   -h, --help   this text
 )";
 }  // namespace
 
 int cmd_materialize(int argc, char** argv) {
-    enum { kJobs = 1000, kQuiet };
-    static const option opts[] = {
+    enum { kJobs = 1000, kQuiet, kPlatform };
+    static const auto opts = with_registry_options({
         {"jobs", required_argument, nullptr, kJobs},
         {"quiet", no_argument, nullptr, kQuiet},
+        {"platform", required_argument, nullptr, kPlatform},
         {"help", no_argument, nullptr, 'h'},
-        {nullptr, 0, nullptr, 0},
-    };
+    });
+    RegistryOptions ropt = default_registry_options();
+    std::optional<Platform> platform;
     unsigned jobs = 0;
     bool quiet = false;
     optind = 1;
     int c;
-    while ((c = getopt_long(argc, argv, "h", opts, nullptr)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", opts.data(), nullptr)) != -1) {
         switch (c) {
-        case 'h': std::fputs(kHelp, stdout); return kExitOk;
+        case 'h':
+            std::fputs(kHelp, stdout);
+            std::fputs(kRegistryHelp, stdout);
+            return kExitOk;
+        case kPlatform: {
+            auto p = parse_platform(optarg);
+            if (!p) return usage_error("materialize", "--platform: " + p.error().what());
+            platform = *p;
+            break;
+        }
         case kJobs: jobs = static_cast<unsigned>(std::max(1, std::atoi(optarg))); break;
         case kQuiet: quiet = true; break;
-        default: return usage_error("materialize", "unknown option");
+        default:
+            if (parse_registry_option(c, optarg, ropt)) break;
+            return usage_error("materialize", "unknown option");
         }
     }
     if (argc - optind != 2) return usage_error("materialize", "expected ARTIFACT and DIR");
-    auto art = open_artifact(argv[optind]);
+    RegistrySession registry(ropt);
+    auto art = open_artifact(argv[optind], registry, platform);
     if (!art) return report_error(art.error());
     ThreadPool pool(jobs ? jobs : ThreadPool::default_workers());
     ProgressLine line(!quiet);

@@ -14,9 +14,14 @@ Commands:
   materialize ARTIFACT DIR   write the artifact's EROFS metadata and device images to DIR
   inspect ARTIFACT           sizes, counts, compression and dedup ratios
   check ARTIFACT             verify every digest and the metadata's structure
+  discover IMAGE             list the erostream artifacts of an image in a registry
 
 SOURCE: oci:DIR[:TAG] | oci:DIR@sha256:HEX | docker-archive:FILE[:TAG]
-DEST, ARTIFACT: oci:DIR[:TAG] | oci:DIR@sha256:HEX
+        | docker://[REGISTRY/]REPO[:TAG][@sha256:HEX]
+DEST:   oci:DIR[:TAG] | docker://[REGISTRY/]REPO[:TAG]
+ARTIFACT: oci:DIR[:TAG] | oci:DIR@sha256:HEX | docker://[REGISTRY/]REPO(:TAG|@sha256:HEX)
+        (given an image, its artifact is found through the registry's referrers)
+IMAGE:  docker://[REGISTRY/]REPO[:TAG] | docker://[REGISTRY/]REPO@sha256:HEX
 
 Run 'erostream-mkfs COMMAND --help' for a command's options.
 )";
@@ -42,6 +47,7 @@ int main(int argc, char** argv) {
     if (cmd == "convert") return cmd_convert(argc - 1, argv + 1);
     if (cmd == "materialize") return cmd_materialize(argc - 1, argv + 1);
     if (cmd == "inspect") return cmd_inspect(argc - 1, argv + 1);
+    if (cmd == "discover") return cmd_discover(argc - 1, argv + 1);
     if (cmd == "check") return cmd_check(argc - 1, argv + 1);
     std::fprintf(stderr, "erostream-mkfs: unknown command '%s'\n\n%s", argv[1], kUsage);
     return kExitUsage;
