@@ -166,10 +166,8 @@ Result<PushReport> push_artifact(RegistryClient& client, const OciLayout& layout
         return failf("internal: pushed manifest digest {} differs from {}", put.digest, artifact.digest);
     rep.reference = client.registry() + "/" + repo + (tag ? ":" + *tag : "@" + artifact.digest);
     if (!m.subject) return rep;
-    if (put.subject_accepted) {
-        rep.referrers_api = true;
-        return rep;
-    }
+    // OCI-Subject in the answer says the registry processed the subject, but only a referrers GET
+    // that does not 404 shows that clients can list it.
     rep.referrers_api = EROS_TRY(client.has_referrers_api(repo, m.subject->digest));
     if (rep.referrers_api) return rep;
     // No referrers API: keep the subject's tag-schema index up to date.
