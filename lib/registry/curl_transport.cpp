@@ -196,6 +196,9 @@ public:
         curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, opt.low_speed_limit);
         curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, static_cast<long>(opt.low_speed_time.count()));
         curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+        if (req_.fresh_connection) curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+        curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, &CurlExchange::on_prereq);
+        curl_easy_setopt(e, CURLOPT_PREREQDATA, this);
         curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &CurlExchange::on_header);
         curl_easy_setopt(e, CURLOPT_HEADERDATA, this);
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &CurlExchange::on_write);
@@ -307,6 +310,7 @@ private:
         e.kind = kind_of(c, headers_done_);
         const char* detail = errbuf_[0] ? errbuf_ : curl_easy_strerror(c);
         e.message = fmt::format("{}{}", detail, headers_done_ ? " (while reading the body)" : "");
+        e.extra_attempts = sends_ > 1 ? sends_ - 1 : 0;
         // libcurl's messages can name the URL: never let a query string through.
         if (e.message.find('?') != std::string::npos) e.message = curl_easy_strerror(c);
         return e;
@@ -363,6 +367,12 @@ private:
         return len;
     }
 
+    // Called once per request libcurl sends: twice when it retried on a fresh connection.
+    static int on_prereq(void* self_, char*, char*, int, int) {
+        ++static_cast<CurlExchange*>(self_)->sends_;
+        return CURL_PREREQFUNC_OK;
+    }
+
     static size_t on_write(char* data, size_t size, size_t nmemb, void* self_) {
         auto* self = static_cast<CurlExchange*>(self_);
         size_t len = size * nmemb;
@@ -411,6 +421,7 @@ private:
     std::string buf_;
     size_t pos_ = 0;
     uint64_t upload_pos_ = 0;
+    unsigned sends_ = 0;
     char errbuf_[CURL_ERROR_SIZE] = {};
 };
 

@@ -67,6 +67,9 @@ struct HttpRequest {
     // TLS for this request's host: a registry endpoint's settings never apply to other hosts.
     bool verify_tls = true;
     std::vector<std::string> ca_files;
+    // Open a new connection instead of reusing a pooled one (after a transport failure the pooled
+    // connections to that host are suspect).
+    bool fresh_connection = false;
 };
 
 struct HttpResponse {
@@ -89,6 +92,9 @@ enum class TransportErrorKind {
 struct TransportError {
     TransportErrorKind kind = TransportErrorKind::Other;
     std::string message;  // never holds a URL's query string (signed URLs carry secrets there)
+    // Requests libcurl sent again on its own (a reused connection that turned out dead): they
+    // count against the retry budget like the flow's own retries.
+    unsigned extra_attempts = 0;
 };
 
 const char* transport_error_kind_name(TransportErrorKind k);

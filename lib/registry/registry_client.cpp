@@ -536,8 +536,13 @@ Result<std::string> RegistryClient::read_range(std::string_view repo, std::strin
     if (len == 0) return std::string();
     if (offset > UINT64_MAX - len) return fail("range overflows");
     const std::string range = fmt::format("bytes={}-{}", offset, offset + len - 1);
+    bool whole = false;
+    {
+        std::lock_guard lock(mu_);
+        whole = no_ranges_.count(std::string(digest)) > 0;
+    }
     for (unsigned attempt = 0;; ++attempt) {
-        auto out = EROS_TRY(get_blob(repo, digest, range));
+        auto out = EROS_TRY(get_blob(repo, digest, whole ? std::nullopt : std::optional<std::string>(range)));
         const HttpResponse& r = out.response;
         auto where = [&] { return fmt::format("{}: GET blob {}@{} range {}-{}", context(), repo, digest, offset, offset + len - 1); };
         std::string body;
@@ -590,10 +595,21 @@ Result<std::string> RegistryClient::read_range(std::string_view repo, std::strin
             if (!cut && body.size() < len)
                 return std::unexpected(Error{ERANGE, fmt::format("{}: the blob ends at byte {}", where(), pos)});
         } else if (r.status == 416) {
-            std::string msg = fmt::format("{}: range not satisfiable", where());
+            std::optional<uint64_t> total;
             if (auto cr = r.headers.get("Content-Range"))
-                if (auto p = parse_content_range(*cr); p && p->complete_length)
-                    msg += fmt::format(" (the blob has {} bytes)", *p->complete_length);
+                if (auto p = parse_content_range(*cr); p && p->complete_length) total = p->complete_length;
+            if (!whole && (!total || offset + len <= *total)) {
+                // The range lies inside the blob: the server (or its storage) refuses ranges.
+                // Read the whole blob and slice it, for this and later ranges of the blob.
+                spdlog::warn("{}: the server refuses a range inside the blob; reading the whole blob instead", where());
+                std::lock_guard lock(mu_);
+                no_ranges_.insert(std::string(digest));
+                whole = true;
+                --attempt;
+                continue;
+            }
+            std::string msg = fmt::format("{}: range not satisfiable", where());
+            if (total) msg += fmt::format(" (the blob has {} bytes)", *total);
             return std::unexpected(Error{ERANGE, msg});
         } else {
             return std::unexpected(status_error(r, where()));

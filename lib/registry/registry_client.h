@@ -12,6 +12,7 @@
 #include <mutex>
 #include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -205,6 +206,7 @@ private:
     std::mutex mu_;
     std::mt19937_64 rng_;
     std::map<std::string, std::string> storage_urls_;  // blob digest -> signed URL
+    std::set<std::string> no_ranges_;  // blobs whose server answered 416 to ranges inside them
 };
 
 // Parses an OCI index's "manifests" as referrer descriptors (JSON errors become Errors).

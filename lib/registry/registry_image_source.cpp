@@ -35,6 +35,7 @@ struct Spool {
     uint64_t written = 0;
     unsigned generation = 0;
     unsigned attempts = 0;
+    int read_generation = -1;  // the newest generation a reader was opened on
     enum State { Queued, Running, Done, Failed } state = Queued;
     Error error;
 };
@@ -109,20 +110,35 @@ public:
         });
         return View{s->written, s->state, s->generation, s->error};
     }
-    unsigned generation(const std::shared_ptr<Spool>& s) {
+
+    unsigned open_reader(const std::shared_ptr<Spool>& s) {
         std::lock_guard lock(mu_);
+        s->read_generation = std::max<int>(s->read_generation, static_cast<int>(s->generation));
         return s->generation;
     }
 
-    void note_stale_reader() {
-        std::lock_guard lock(mu_);
-        stale_reader_ = true;
-    }
+    // After a failed conversion: waits until every spool that was read has either finished or
+    // been found corrupted (a reader may have failed on bad bytes — a broken gzip header, say —
+    // before the download's end showed the mismatch), then says whether fresh bytes are coming
+    // for any of them.
     bool take_retry() {
-        std::lock_guard lock(mu_);
-        bool r = stale_reader_;
-        stale_reader_ = false;
-        return r;
+        std::unique_lock lock(mu_);
+        auto settled = [&](const Spool& s) {
+            return s.read_generation < 0 || s.state == Spool::Done || s.state == Spool::Failed ||
+                   static_cast<int>(s.generation) > s.read_generation;
+        };
+        cv_.wait(lock, [&] {
+            if (stop_) return true;
+            for (const auto& [d, s] : spools_)
+                if (!settled(*s)) return false;
+            return true;
+        });
+        bool any = false;
+        for (const auto& [d, s] : spools_)
+            if (s->read_generation >= 0 && static_cast<int>(s->generation) > s->read_generation &&
+                s->state != Spool::Failed)
+                any = true;
+        return any;
     }
 
     const std::string& repo() const { return repo_; }
@@ -230,7 +246,6 @@ private:
     std::vector<std::thread> workers_;
     size_t running_ = 0;
     bool stop_ = false;
-    bool stale_reader_ = false;
     Error last_mismatch_;
 };
 
@@ -238,17 +253,16 @@ private:
 class SpoolStream final : public ByteStream {
 public:
     SpoolStream(BlobSpools& spools, std::shared_ptr<Spool> s)
-        : spools_(spools), s_(std::move(s)), generation_(spools.generation(s_)) {}
+        : spools_(spools), s_(std::move(s)), generation_(spools.open_reader(s_)) {}
 
     Result<size_t> read(void* buf, size_t n) override {
         if (n == 0) return 0;
         auto v = spools_.wait(s_, pos_, generation_);
         if (v.generation != generation_ && pos_ == 0) {
-            generation_ = v.generation;  // nothing of the bad download was read
+            generation_ = spools_.open_reader(s_);  // nothing of the bad download was read
             return read(buf, n);
         }
         if (v.generation != generation_) {
-            spools_.note_stale_reader();
             return failf("layer {}: the download was corrupted in transit and is being fetched again",
                          s_->digest);
         }

@@ -50,6 +50,7 @@ RequestFlow::Action RequestFlow::send_direct() {
     current_ = spec_.request;
     current_.url = *spec_.direct_url;
     current_.headers.remove("Authorization");
+    current_.fresh_connection = fresh_connection_;
     current_.verify_tls = true;
     current_.ca_files.clear();
     Action a;
@@ -70,6 +71,7 @@ RequestFlow::Action RequestFlow::send_main() {
     current_.verify_tls = !spec_.endpoint.skip_verify;
     current_.ca_files = spec_.endpoint.ca_files;
     current_.headers.remove("Authorization");
+    current_.fresh_connection = fresh_connection_;
     sent_bearer_ = false;
     // Authorization from what this origin asked for before.
     auto ch = ctx_.auth->challenge(registry_origin());
@@ -145,6 +147,7 @@ RequestFlow::Action RequestFlow::after_wait() {
     if (phase_ == Phase::Token || phase_ == Phase::Exchange) {
         Action a;
         a.step = Step::Send;
+        token_request_.fresh_connection = fresh_connection_;
         a.request = token_request_;
         a.buffer_body = true;
         return a;
@@ -323,6 +326,8 @@ RequestFlow::Action RequestFlow::on_transport_error(const TransportError& e) {
         direct_failed_ = true;
         return send_main();
     }
+    retries_ += e.extra_attempts;
+    fresh_connection_ = true;
     if (is_retryable_transport(e.kind, idempotent) && retries_ < ctx_.retry.max_retries) {
         Action a;
         a.step = Step::Wait;

@@ -115,6 +115,7 @@ private:
     bool off_origin_ = false;
     bool http_fallback_done_ = false;
     bool basic_tried_ = false;
+    bool fresh_connection_ = false;
     bool exchange_tried_ = false;
     bool sent_bearer_ = false;
     unsigned redirects_ = 0;
