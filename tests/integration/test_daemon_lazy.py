@@ -53,8 +53,8 @@ def test_one_small_file_fetches_few_chunks(daemon, registry, published, stream_i
     # Independent of the daemon's own counters: what the registry sent through the proxy.
     reqs = data_blob_requests(proxy, pub, img)
     sent = sum(r.body_bytes for r in reqs)
-    assert 1 <= len(reqs) <= 2, [(r.path, r.headers.get("Range"), r.body_bytes) for r in reqs]
-    assert all("Range" in r.headers for r in reqs), "data blob GETs without a Range header"
+    assert 1 <= len(reqs) <= 2, [(r.path, r.headers.get("range"), r.body_bytes) for r in reqs]
+    assert all("range" in r.headers for r in reqs), "data blob GETs without a Range header"
     assert sent <= size + 256 * KIB, f"the registry sent {sent} bytes of data blobs for one {size}-byte file"
     # Since start: the metadata blob, manifests, and this one chunk; nothing else.
     assert s1["bytes_fetched"] <= img.meta_blob["size"] + 256 * KIB + fetched, s1
@@ -134,7 +134,7 @@ def test_chunk_in_flight_is_requested_once(daemon, registry, published, stream_i
     assert delta(s1, s0, "chunks_fetched") == n_chunks, (n_chunks, s0, s1)
     ranges = []
     for r in data_blob_requests(proxy, pub, img):
-        m = re.fullmatch(r"bytes=(\d+)-(\d+)", r.headers.get("Range", ""))
+        m = re.fullmatch(r"bytes=(\d+)-(\d+)", r.headers.get("range", ""))
         assert m, f"blob GET without a single byte range: {r.path} {r.headers.get('Range')!r}"
         ranges.append((r.path, int(m.group(1)), int(m.group(2))))
     ranges.sort()

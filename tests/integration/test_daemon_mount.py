@@ -65,6 +65,25 @@ def test_two_mounts_of_one_artifact(daemon, stream_images, work):
     daemon.umount(m2)
 
 
+@pytest.mark.parametrize("layers", ["kitchen_sink", "demo"])
+def test_mount_other_trees(daemon, mkfs, work, layers):
+    """Every file type, xattrs, big ids, fractional mtimes, whiteouts, an opaque dir (kitchen
+    sink); and the demo image, whose base layer holds only inlined files, so that its data blob
+    has no chunk at all (a device of size 0)."""
+    make = {"kitchen_sink": lib.kitchen_sink_layers, "demo": lib.demo_layers}[layers]
+    image = lib.build_image(work / "layout", "t", make(), workdir=work)
+    art = work / "art"
+    mkfs("convert", "--quiet", image.ref, f"oci:{art}:art")
+    reference = lib.reference_rootfs(image, work)
+    mnt = work / "mnt"
+    daemon.mount(f"oci:{art}:art", mnt, prefetch="none")
+    lib.assert_same_tree(reference, mnt, skip_mtime=lib.implicit_dirs(image.tar_paths))
+    daemon.umount(mnt)
+    daemon.mount(f"oci:{art}:art", mnt, prefetch="all")
+    lib.assert_same_tree(reference, mnt, skip_mtime=lib.implicit_dirs(image.tar_paths))
+    daemon.umount(mnt)
+
+
 def test_mount_from_registry_published_by_tests(daemon, published, stream_images, work):
     """The registry holds the artifact and the referrers tag index written by the tests' own
     client: discovery by image tag and by image digest, and the digest-pinned artifact."""
