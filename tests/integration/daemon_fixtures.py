@@ -652,7 +652,17 @@ class Daemon:
 
     def describe(self, r) -> str:
         return (f"$ {shlex.join(r.args)}\n-> exit {r.returncode}\nstdout:\n{r.stdout[-3000:]}\n"
-                f"stderr:\n{r.stderr[-3000:]}\n--- daemon log ({self.log}):\n{log_tail(self.log)}")
+                f"stderr:\n{r.stderr[-3000:]}\n{self.log_digest()}")
+
+    def log_digest(self) -> str:
+        """The daemon log's warnings and errors (last 20) and its last 20 lines."""
+        try:
+            lines = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return f"(no daemon log at {self.log})"
+        bad = [l for l in lines if " error:" in l or " warn" in l or " critical:" in l]
+        return (f"--- daemon log {self.log}: warnings and errors:\n" + "\n".join(bad[-20:]) +
+                "\n--- last lines:\n" + "\n".join(lines[-20:]))
 
     def mount(self, ref: str, mountpoint: Path, *, prefetch: str | None = "none",
               frontend: str | None = None, ok: bool = True):
@@ -715,8 +725,8 @@ class Daemon:
 
     def health(self) -> dict:
         """GET /health must answer 200 {"status": "ok", ...} and the process must be alive."""
-        assert self.running(), f"erostreamd is not running (exit {self.proc and self.proc.poll()})\n" \
-                               f"--- log:\n{log_tail(self.log)}"
+        assert self.running(), \
+            f"erostreamd is not running (exit {self.proc and self.proc.poll()})\n{self.log_digest()}"
         r = self.api("GET", "/health", timeout=30)
         assert r.status == 200, f"GET /health: {r.status} {r.text}"
         h = r.json()
@@ -1164,6 +1174,23 @@ def published(registry, stream_images, tmp_path_factory) -> dict[str, Published]
     through the referrers tag schema."""
     d = tmp_path_factory.mktemp("publish")
     return {n: publish(registry.host, img, f"daemon/{n}", d) for n, img in stream_images.items()}
+
+
+@pytest.fixture(params=["oci", "registry"])
+def source(request):
+    """Where the daemon gets artifacts from: "oci" (local layouts) or "registry" (Debian's
+    docker-registry). Returns ref(name) -> the digest-pinned artifact reference of image NAME."""
+    images = request.getfixturevalue("stream_images")
+    if request.param == "oci":
+        def ref(name: str) -> str:
+            return images[name].artifact_ref
+    else:
+        pubs = request.getfixturevalue("published")
+
+        def ref(name: str) -> str:
+            return pubs[name].artifact_ref()
+    ref.kind = request.param
+    return ref
 
 
 @pytest.fixture

@@ -79,11 +79,30 @@ def test_one_small_file_fetches_few_chunks(daemon, registry, published, stream_i
     daemon.umount(mnt)
 
 
-def test_32_concurrent_readers(daemon, published, stream_images, work):
-    """32 processes (sha256sum) read 32 different files at once, nothing fetched before."""
-    img, pub = stream_images["a"], published["a"]
+def test_one_small_file_reads_few_chunks_from_a_layout(daemon, stream_images, work):
+    """The same from a local oci: layout: one chunk (maybe two) per small file, and the
+    bytes_fetched counter (registry bytes) grows by one chunk at most."""
+    img = stream_images["a"]
     mnt = work / "mnt"
-    daemon.mount(pub.artifact_ref(), mnt, prefetch="none")
+    daemon.mount(img.artifact_ref, mnt, prefetch="none")
+    s0 = daemon.stats()
+    rel = "data/f05"
+    o = checked_read(mnt / rel, img.expected(rel))
+    assert o.clean and o.eio == 0, o
+    s1 = daemon.stats()
+    assert 1 <= delta(s1, s0, "chunks_fetched") <= 2, (s0, s1)
+    assert delta(s1, s0, "bytes_fetched") <= data_file_size(5) + 256 * KIB, (s0, s1)
+    info = daemon.mount_info(mnt)
+    present = sum(d["present_bytes"] for d in info["devices"])
+    assert 0 < present <= 2 * MIB, f"{present} bytes present after reading one small file: {info}"
+    daemon.umount(mnt)
+
+
+def test_32_concurrent_readers(daemon, source, stream_images, work):
+    """32 processes (sha256sum) read 32 different files at once, nothing fetched before."""
+    img = stream_images["a"]
+    mnt = work / "mnt"
+    daemon.mount(source("a"), mnt, prefetch="none")
     s0 = daemon.stats()
     files = [f"data/f{i:02d}" for i in range(32)]
     procs = [subprocess.Popen(["sha256sum", str(mnt / rel)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -143,18 +162,18 @@ def test_chunk_in_flight_is_requested_once(daemon, registry, published, stream_i
     daemon.umount(mnt)
 
 
-def test_shared_base_layer_shares_cache_file(daemon, published, stream_images, work):
+def test_shared_base_layer_shares_cache_file(daemon, source, stream_images, work):
     a, b = stream_images["a"], stream_images["b"]
     base = a.data_blobs[0]
     assert base["digest"] == b.data_blobs[0]["digest"]
     ma, mb = work / "a", work / "b"
-    daemon.mount(published["a"].artifact_ref(), ma, prefetch="none")
+    daemon.mount(source("a"), ma, prefetch="none")
     # files both images take unchanged from the base layer
     base_files = [f"data/f{i:02d}" for i in range(N_DATA_FILES - 2)] + ["big/blob", "usr/lib/text", "etc/mid.bin"]
     for rel in base_files:
         o = checked_read(ma / rel, a.expected(rel))
         assert o.clean and o.eio == 0, o
-    daemon.mount(published["b"].artifact_ref(), mb, prefetch="none")
+    daemon.mount(source("b"), mb, prefetch="none")
     s0 = daemon.stats()
     for rel in base_files:
         o = checked_read(mb / rel, b.expected(rel))
