@@ -153,3 +153,74 @@ def test_metadata_fetch_faults_fail_the_mount_clearly(daemons, registry, publish
         d.health()
     d.mount(pub.artifact_ref(proxy.host), mnt, prefetch="all")
     assert_tree_matches(img, mnt)
+
+
+# -- the same promises with a local layout whose blobs are damaged -------------------------------
+
+def damaged_copy(img, work):
+    """A private copy of the artifact layout (the session's stays intact)."""
+    import shutil
+    dst = work / "layout"
+    shutil.copytree(img.artifact_layout, dst)
+    return dst
+
+
+def rewrite_blob(path, fn) -> bytes:
+    """Replaces the blob file by fn(bytes) (new file + rename); returns the original bytes."""
+    old = path.read_bytes()
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(fn(bytearray(old)))
+    tmp.rename(path)
+    return old
+
+
+def test_corrupt_local_data_blob_gives_eio_then_heals(daemon, stream_images, work):
+    import erostream_testlib as lib
+    img = stream_images["a"]
+    layout = damaged_copy(img, work)
+    blob = lib.blob_path(layout, img.data_blobs[0]["digest"])
+
+    def flip_every_64_bytes(b):  # every chunk, however well it compressed
+        for off in range(10, len(b), 64):
+            b[off] ^= 0xFF
+        return bytes(b)
+
+    original = rewrite_blob(blob, flip_every_64_bytes)
+    mnt = work / "mnt"
+    daemon.mount(f"oci:{layout}:{img.artifact_tag}", mnt, prefetch="none")
+    s0 = daemon.stats()
+    damaged = [f"data/f{i:02d}" for i in range(10)] + ["big/blob"]
+    for rel in damaged:
+        o = checked_read(mnt / rel, img.expected(rel))
+        assert not o.wrong and not o.other_errors, f"/{rel}: {o}"
+        assert o.eio > 0 and o.ok_bytes == 0, f"/{rel} read from a corrupted blob: {o}"
+    s1 = daemon.stats()
+    assert s1["errors"] > s0["errors"], (s0, s1)
+    daemon.health()
+    rewrite_blob(blob, lambda b: original)
+    assert_contents_match(img, mnt, drop_cache=True)
+    assert_tree_matches(img, mnt)
+    daemon.umount(mnt)
+
+
+def test_corrupt_local_metadata_blob_fails_the_mount(daemon, stream_images, work):
+    import erostream_testlib as lib
+    img = stream_images["b"]
+    layout = damaged_copy(img, work)
+    meta = lib.blob_path(layout, img.meta_blob["digest"])
+
+    def flip(b):
+        b[len(b) // 2] ^= 0x01
+        return bytes(b)
+
+    original = rewrite_blob(meta, flip)
+    mnt = work / "mnt"
+    r = daemon.mount(f"oci:{layout}:{img.artifact_tag}", mnt, ok=False)
+    assert r.returncode == 1, daemon.describe(r)
+    assert any(w in r.stderr.lower() for w in ("digest", "sha256", "verif", "mismatch")), daemon.describe(r)
+    assert not os.path.ismount(mnt)
+    daemon.health()
+    rewrite_blob(meta, lambda b: original)
+    daemon.mount(f"oci:{layout}:{img.artifact_tag}", mnt, prefetch="all")
+    assert_tree_matches(img, mnt)
+    daemon.umount(mnt)
