@@ -13,22 +13,20 @@ namespace erostream {
 Result<std::string> read_small_file(const std::string& path, size_t max_size) {
     UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
     if (!fd) return fail_errno("open " + path);
-    struct stat st{};
-    if (::fstat(fd.get(), &st) != 0) return fail_errno("stat " + path);
-    if (static_cast<uint64_t>(st.st_size) > max_size)
-        return failf("{}: {} bytes, more than the {} allowed", path, st.st_size, max_size);
-    std::string out(static_cast<size_t>(st.st_size), '\0');
-    size_t got = 0;
-    while (got < out.size()) {
-        ssize_t r = ::pread(fd.get(), out.data() + got, out.size() - got, static_cast<off_t>(got));
+    // Read to EOF rather than trust st_size: files under /proc report 0.
+    std::string out;
+    char buf[65536];
+    for (;;) {
+        ssize_t r = ::read(fd.get(), buf, sizeof buf);
         if (r < 0) {
             if (errno == EINTR) continue;
             return fail_errno("read " + path);
         }
         if (r == 0) break;
-        got += static_cast<size_t>(r);
+        if (out.size() + static_cast<size_t>(r) > max_size)
+            return failf("{}: more than the {} bytes allowed", path, max_size);
+        out.append(buf, static_cast<size_t>(r));
     }
-    out.resize(got);
     return out;
 }
 
