@@ -2,6 +2,7 @@
 // --holder flag, the fd holder it starts for itself (holder.cpp).
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -64,6 +65,15 @@ void init_logging(const std::string& name, const std::string& level) {
     spdlog::set_default_logger(logger);
 }
 
+// Event fds (the holder keeps one per pending event) and cache fds add up: use the hard limit.
+void raise_fd_limit() {
+    rlimit rl{};
+    if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        ::setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
 int holder_main(int argc, char** argv) {
     HolderConfig cfg;
     std::string level = "info";
@@ -83,6 +93,7 @@ int holder_main(int argc, char** argv) {
     }
     if (cfg.socket_path.empty()) return usage_error("holder: --holder-socket is required");
     init_logging("erostream-holder", level);
+    raise_fd_limit();
     return run_holder(cfg);
 }
 
@@ -162,6 +173,7 @@ int main(int argc, char** argv) {
     if (auto v = validate_config(cfg); !v) return usage_error(v.error().what());
 
     init_logging("erostreamd", cfg.log_level);
+    raise_fd_limit();
     // Block the stop signals before any thread starts; the loop reads them from a signalfd.
     sigset_t set;
     sigemptyset(&set);

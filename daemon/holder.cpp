@@ -239,7 +239,6 @@ private:
         client_ = std::move(conn);
         client_pid_ = cred.pid;
         denying_ = false;
-        greeted_ = false;
         spdlog::info("daemon pid {} connected", cred.pid);
     }
 
@@ -274,7 +273,6 @@ private:
             ready.a = pending_.size();
             send(ready);
             for (auto& [fd, p] : pending_) queue_event(fd, p);
-            greeted_ = true;
             spdlog::info("handed the group, {} cache fds and {} pending events to the daemon", blobs_.size(),
                          pending_.size());
             break;
@@ -316,7 +314,6 @@ private:
     const HolderConfig& cfg_;
     UniqueFd listen_, group_, client_;
     pid_t client_pid_ = 0;
-    bool greeted_ = false;
     std::map<int, Pending> pending_;
     std::map<std::string, UniqueFd> blobs_;
     std::set<std::string> mounts_;
