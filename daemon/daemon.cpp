@@ -1,0 +1,299 @@
+#include "daemon.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+
+#include <nlohmann/json.hpp>
+
+#include "control_server.h"
+#include "event_loop.h"
+#include "fanotify_abi.h"
+#include "fanotify_frontend.h"
+#include "fetch_scheduler.h"
+#include "file_util.h"
+#include "holder_link.h"
+#include "layout_backend.h"
+#include "mount_manager.h"
+
+namespace erostream {
+
+namespace {
+
+constexpr long kExt4Magic = 0xEF53;
+constexpr long kXfsMagic = 0x58465342;
+constexpr long kBtrfsMagic = 0x9123683E;
+
+std::string directory_of(const std::string& path) {
+    size_t slash = path.find_last_of('/');
+    if (slash == std::string::npos) return ".";
+    return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+// Pre-content events need Linux 6.14; ask the kernel rather than parse its version.
+Result<void> probe_fanotify(const std::string& cache_dir) {
+    int g = ::fanotify_init(FAN_CLASS_PRE_CONTENT | FAN_CLOEXEC, O_RDONLY | O_LARGEFILE);
+    if (g < 0) return fail_errno("fanotify_init(FAN_CLASS_PRE_CONTENT)");
+    UniqueFd group(g);
+    std::string probe = cache_dir + "/.fanotify-probe";
+    UniqueFd f(::open(probe.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    if (!f) return fail_errno("create " + probe);
+    int r = ::fanotify_mark(g, FAN_MARK_ADD, fan::kPreAccess, f.get(), nullptr);
+    int err = errno;
+    ::unlink(probe.c_str());
+    if (r != 0)
+        return fail_errno("fanotify_mark(FAN_PRE_ACCESS) refused: this kernel has no pre-content events (Linux 6.14+)",
+                          err);
+    return {};
+}
+
+using Json = nlohmann::ordered_json;
+
+std::string error_body(const std::string& msg, const std::string& req_id) {
+    Json j;
+    j["error"] = msg;
+    j["request_id"] = req_id;
+    return j.dump();
+}
+
+class Daemon {
+public:
+    explicit Daemon(const DaemonConfig& cfg) : cfg_(cfg) {}
+
+    int run(int ready_fd) {
+        auto r = start();
+        if (!r) {
+            spdlog::error("[startup] {}", r.error().what());
+            if (ready_fd >= 0) ::close(ready_fd);
+            return 1;
+        }
+        if (ready_fd >= 0) {
+            [[maybe_unused]] auto w = ::write(ready_fd, "READY\n", 6);
+            ::close(ready_fd);
+        }
+        spdlog::info("ready: control socket {}, cache {}, {} mounts", cfg_.socket, cfg_.cache_dir, mounts_->count());
+        auto ran = loop_->run();
+        if (!ran) spdlog::critical("[loop] {}", ran.error().what());
+        shutdown();
+        return ran ? 0 : 1;
+    }
+
+private:
+    Result<void> start() {
+        EROS_TRYV(make_dirs(cfg_.cache_dir, 0700));
+        std::string fs = EROS_TRY(check_cache_filesystem(cfg_.cache_dir));
+        if (cfg_.frontend == "fscache")
+            return fail("front end 'fscache' is not available in this daemon (it serves the fanotify front end)", ENOTSUP);
+        EROS_TRYV(probe_fanotify(cfg_.cache_dir));
+        EROS_TRYV(make_dirs(directory_of(cfg_.socket), 0755));
+        EROS_TRYV(make_dirs(directory_of(cfg_.holder_socket_path()), 0755));
+        spdlog::info("cache {} on {}; front end fanotify", cfg_.cache_dir, fs);
+
+        spawn_.socket_path = cfg_.holder_socket_path();
+        spawn_.log_path = cfg_.cache_dir + "/holder.log";
+        spawn_.deny_after = std::chrono::milliseconds(cfg_.holder_deny_after_ms);
+        spawn_.log_level = cfg_.log_level;
+        auto [link, handover] = EROS_TRY(HolderLink::attach(spawn_));
+        holder_ = std::move(link);
+        spdlog::info("fd holder at {}: {} ({} cache fds kept, {} events pending)", spawn_.socket_path,
+                     handover.spawned ? "started" : "attached", handover.blobs.size(), handover.pending_events);
+
+        loop_ = EROS_TRY(EventLoop::create(512));
+        cpu_ = std::make_unique<ThreadPool>(cfg_.workers);
+        io_ = std::make_unique<ThreadPool>(cfg_.io_workers);
+        sys_ = std::make_unique<ThreadPool>(2);
+
+        SchedulerOptions so;
+        so.max_run_bytes = cfg_.max_range_bytes;
+        so.max_attempts = cfg_.retry_max + 1;
+        so.retry_base = std::chrono::milliseconds(cfg_.retry_base_ms);
+        so.prefetch_rate = cfg_.prefetch_bandwidth;
+        sched_ = std::make_unique<FetchScheduler>(*loop_, *cpu_, stats_, so);
+        frontend_ = std::make_unique<FanotifyFrontend>(*sched_, stats_, *holder_, std::move(handover.group));
+
+        MountManager::Deps deps{*loop_, *sys_, *sched_, *frontend_, *holder_, stats_,
+                                [this](const std::string& source, std::shared_ptr<CachingStore> store)
+                                    -> Result<std::shared_ptr<FetchBackend>> {
+                                    if (source.starts_with("oci:"))
+                                        return std::make_shared<LayoutBackend>(store, *io_, *loop_,
+                                                                               cfg_.max_connections_per_host);
+                                    return failf("no backend for source '{}'", source);
+                                },
+                                cfg_.cache_dir, cfg_.prefetch,
+                                [this](const std::string& hex, const Error& e) {
+                                    stats_.errors++;
+                                    spdlog::error("[persist-{}] {}", hex.substr(0, 12), e.what());
+                                }};
+        mounts_ = std::make_unique<MountManager>(deps);
+        sched_->on_blob_complete = [this](const std::shared_ptr<BlobCache>& b) { mounts_->blob_complete(b); };
+        EROS_TRYV(mounts_->restore(handover.blobs, handover.spawned));
+
+        server_ = EROS_TRY(ControlServer::listen(cfg_.socket, *loop_,
+                                                 [this](const ControlRequest& req, const std::string& id,
+                                                        ControlServer::Respond respond) { route(req, id, respond); }));
+
+        // Signals arrive through a signalfd on the loop; they are blocked in every thread (the
+        // pools were started after main blocked them).
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGTERM);
+        sigaddset(&set, SIGINT);
+        int sfd = ::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+        if (sfd < 0) return fail_errno("signalfd");
+        sigfd_.reset(sfd);
+        loop_->watch_fd(sigfd_.get(), POLLIN, [this](int) {
+            signalfd_siginfo si{};
+            while (::read(sigfd_.get(), &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
+                spdlog::info("signal {}: stopping (mounts stay; the next daemon serves them)", si.ssi_signo);
+                loop_->stop();
+            }
+        });
+        holder_->start(
+            *loop_, [this](const HolderMsg& ev) { frontend_->on_event(ev); },
+            [this](const Error& e) { holder_lost(e); });
+        server_->start();
+        return {};
+    }
+
+    void holder_lost(const Error& e) {
+        // The group is closed: the kernel now lets every access through. Get a new holder and
+        // mark again at once; reads in between may have seen holes.
+        spdlog::critical("[holder] connection to the fd holder lost ({}): starting a new one and marking again",
+                         e.what());
+        auto h = holder_->reattach(spawn_);
+        if (!h) {
+            spdlog::critical("[holder] {}: stopping", h.error().what());
+            loop_->stop();
+            return;
+        }
+        auto r = frontend_->rebind(std::move(h->group), mounts_->blobs());
+        if (!r) spdlog::critical("[holder] {}", r.error().what());
+    }
+
+    void route(const ControlRequest& req, const std::string& id, const ControlServer::Respond& respond) {
+        auto json_ok = [respond](const Json& j) { respond(200, "application/json", j.dump()); };
+        auto json_err = [respond, id](int status, const std::string& msg) {
+            respond(status, "application/json", error_body(msg, id));
+        };
+        auto reply = [json_ok, json_err](Result<Json> r) {
+            if (r) json_ok(*r);
+            else json_err(http_status_for(r.error()), r.error().what());
+        };
+        const std::string& p = req.path;
+        if (p == "/health") {
+            if (req.method != "GET") return json_err(405, "use GET");
+            Json j;
+            j["status"] = "ok";
+            j["frontend"] = "fanotify";
+            j["mounts"] = mounts_->count();
+            return json_ok(j);
+        }
+        if (p == "/v1/stats") {
+            if (req.method != "GET") return json_err(405, "use GET");
+            stats_.mounts = mounts_->count();
+            return respond(200, "application/json", stats_json(stats_));
+        }
+        if (p == "/metrics") {
+            if (req.method != "GET") return json_err(405, "use GET");
+            stats_.mounts = mounts_->count();
+            return respond(200, "text/plain; version=0.0.4", stats_prometheus(stats_));
+        }
+        if (p == "/v1/mounts") {
+            if (req.method == "GET") return json_ok(mounts_->list());
+            if (req.method == "POST") {
+                MountRequest mr;
+                try {
+                    auto j = nlohmann::json::parse(req.body);
+                    if (!j.is_object()) return json_err(400, "the body must be a JSON object");
+                    auto str = [&](const char* k, std::string& out) -> bool {
+                        if (!j.contains(k)) return true;
+                        if (!j[k].is_string()) return false;
+                        out = j[k].get<std::string>();
+                        return true;
+                    };
+                    if (!str("ref", mr.ref) || !str("mountpoint", mr.mountpoint) || !str("frontend", mr.frontend) ||
+                        !str("prefetch", mr.prefetch))
+                        return json_err(400, "ref, mountpoint, frontend and prefetch must be strings");
+                } catch (const nlohmann::json::exception& e) {
+                    return json_err(400, fmt::format("the body is not JSON: {}", e.what()));
+                }
+                if (mr.mountpoint.empty()) return json_err(400, "'mountpoint' is missing");
+                mounts_->mount(mr, id, reply);
+                return;
+            }
+            if (req.method == "DELETE") {
+                auto q = parse_query(req.query);
+                std::string mp = q.count("mountpoint") ? q["mountpoint"] : "";
+                if (mp.empty() && !req.body.empty()) {
+                    try {
+                        auto j = nlohmann::json::parse(req.body);
+                        if (j.is_object() && j.contains("mountpoint") && j["mountpoint"].is_string())
+                            mp = j["mountpoint"].get<std::string>();
+                    } catch (const nlohmann::json::exception&) {
+                    }
+                }
+                if (mp.empty()) return json_err(400, "'mountpoint' is missing (DELETE /v1/mounts?mountpoint=ABS)");
+                mounts_->umount(mp, id, reply);
+                return;
+            }
+            return json_err(405, "use GET, POST or DELETE");
+        }
+        json_err(404, fmt::format("no such endpoint: {} {}", req.method, p));
+    }
+
+    void shutdown() {
+        if (server_) server_->stop();
+        loop_->drain(std::chrono::milliseconds(5000));
+        mounts_->sync_all();
+        if (mounts_->count() == 0) {
+            HolderMsg m;
+            m.op = HolderOp::Shutdown;
+            holder_->send(m);
+        }
+        holder_->flush_blocking();
+        ::unlink(cfg_.socket.c_str());
+        spdlog::info("stopped");
+    }
+
+    const DaemonConfig& cfg_;
+    HolderSpawn spawn_;
+    Stats stats_;
+    std::unique_ptr<HolderLink> holder_;
+    std::unique_ptr<EventLoop> loop_;
+    std::unique_ptr<ThreadPool> cpu_, io_, sys_;
+    std::unique_ptr<FetchScheduler> sched_;
+    std::unique_ptr<FanotifyFrontend> frontend_;
+    std::unique_ptr<MountManager> mounts_;
+    std::unique_ptr<ControlServer> server_;
+    UniqueFd sigfd_;
+};
+
+}  // namespace
+
+Result<std::string> check_cache_filesystem(const std::string& dir) {
+    struct statfs sf{};
+    if (::statfs(dir.c_str(), &sf) != 0) return fail_errno("statfs " + dir);
+    switch (static_cast<long>(sf.f_type)) {
+    case kExt4Magic: return std::string("ext4");
+    case kXfsMagic: return std::string("xfs");
+    case kBtrfsMagic: return std::string("btrfs");
+    default:
+        return fail(fmt::format("cache dir {} is on a filesystem of type 0x{:x}: erostreamd needs ext4, xfs or btrfs "
+                                "(sparse cache files with fanotify pre-content events)",
+                                dir, static_cast<unsigned long>(sf.f_type)),
+                    EINVAL);
+    }
+}
+
+int run_daemon(const DaemonConfig& cfg, int ready_fd) {
+    Daemon d(cfg);
+    return d.run(ready_fd);
+}
+
+}  // namespace erostream

@@ -1,0 +1,133 @@
+// Turns "make device bytes [off, off+len) of blob B present" into range requests, and range
+// responses into verified chunks in the cache. On the loop thread, except decompression and
+// hashing, which run on the CPU pool.
+//
+//  - A range maps to chunks; present chunks are cache hits. A missing chunk is requested once:
+//    while it is queued or in flight, later asks just wait for it.
+//  - Missing chunks with adjacent frames are fetched with one range request, up to a cap.
+//  - Requests in flight are bounded per backend limit key (a registry host).
+//  - Every chunk is decompressed and checked against its sha256 before a byte is written; a chunk
+//    that fails is fetched again (it is never written), up to max_attempts, then its waiters fail.
+//  - Prefetch fills whole blobs in the background, one request at a time under a bandwidth cap,
+//    and only while no on-demand request is waiting: kernel reads always go first.
+#pragma once
+
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "blob_cache.h"
+#include "chunk_map.h"
+#include "event_loop.h"
+#include "fetch_backend.h"
+#include "stats.h"
+#include "thread_pool.h"
+
+namespace erostream {
+
+struct SchedulerOptions {
+    uint64_t max_run_bytes = 4u << 20;         // compressed bytes per range request
+    unsigned max_attempts = 6;                  // per chunk: the first try and the retries
+    std::chrono::milliseconds retry_base{200};  // backoff: base * 2^attempt, capped
+    std::chrono::milliseconds retry_cap{10000};
+    uint64_t prefetch_rate = 0;                 // bytes per second; 0: no cap
+    unsigned prefetch_inflight = 1;             // prefetch requests in flight at most
+};
+
+class FetchScheduler {
+public:
+    using Done = std::function<void(Result<void>)>;
+
+    FetchScheduler(EventLoop& loop, ThreadPool& cpu, Stats& stats, SchedulerOptions opt);
+    ~FetchScheduler();
+    FetchScheduler(const FetchScheduler&) = delete;
+    FetchScheduler& operator=(const FetchScheduler&) = delete;
+
+    // `owner` (a mount) serves `cache` from `backend`. A blob may have several owners; the first
+    // one's backend is used.
+    void add_source(std::shared_ptr<BlobCache> cache, const Descriptor& desc,
+                    std::shared_ptr<FetchBackend> backend, const std::string& owner);
+    // Returns true when the blob has no owner left and was dropped (its waiters fail).
+    bool remove_source(const std::string& hex, const std::string& owner);
+    std::shared_ptr<BlobCache> blob(const std::string& hex) const;
+
+    // done runs on the loop thread: at once when everything is present, else after the missing
+    // chunks were written (or failed for good).
+    void ensure(const std::string& hex, uint64_t offset, uint64_t len, const std::string& req_id, Done done);
+
+    // Background fill of a whole blob while any owner wants it.
+    void set_prefetch(const std::string& hex, const std::string& owner, bool on);
+
+    // A blob just became complete (every chunk written and present).
+    std::function<void(const std::shared_ptr<BlobCache>&)> on_blob_complete;
+
+    size_t inflight() const { return inflight_total_; }
+    size_t queued() const { return queue_.size(); }
+
+private:
+    struct Waiter {
+        size_t remaining = 0;
+        bool finished = false;
+        std::string req_id;
+        Done done;
+    };
+    enum ChunkState : uint8_t { kIdle = 0, kBusy = 1 };
+    struct Source {
+        std::string owner;
+        std::shared_ptr<FetchBackend> backend;
+    };
+    struct Blob {
+        std::shared_ptr<BlobCache> cache;
+        Descriptor desc;
+        std::vector<Source> sources;
+        std::vector<uint8_t> state;     // ChunkState per chunk
+        std::vector<uint8_t> attempts;  // failed tries per chunk
+        std::unordered_map<size_t, std::vector<std::shared_ptr<Waiter>>> waiters;
+        std::set<std::string> prefetchers;
+        size_t prefetch_cursor = 0;
+        uint64_t generation = 0;  // tells stale completions from a re-added blob's
+    };
+    struct Job {
+        std::string hex;
+        uint64_t generation = 0;
+        FetchRun run;
+        bool prefetch = false;
+    };
+
+    void pump();
+    bool host_has_room(const Blob& b, bool prefetch) const;
+    void issue(Blob& b, Job job);
+    void on_range(const Job& job, Result<std::string> data, const std::string& req_id);
+    void on_decoded(const std::string& hex, uint64_t generation, size_t i, Result<std::string> bytes,
+                    bool prefetch, const std::string& req_id);
+    void chunk_failed(Blob& b, size_t i, const Error& e, bool prefetch, const std::string& req_id);
+    void finish_chunk(Blob& b, size_t i, const Result<void>& r);
+    bool next_prefetch_job(Job& out);
+    bool prefetch_tokens_for(uint64_t bytes);
+    Blob* find(const std::string& hex, uint64_t generation);
+
+    EventLoop& loop_;
+    ThreadPool& cpu_;
+    Stats& stats_;
+    SchedulerOptions opt_;
+    std::map<std::string, Blob> blobs_;
+    std::deque<Job> queue_;  // on-demand jobs, oldest first
+    std::map<std::string, unsigned> inflight_;  // per backend limit key
+    size_t inflight_total_ = 0;
+    unsigned prefetch_inflight_ = 0;
+    uint64_t next_generation_ = 1;
+    uint64_t next_req_ = 1;
+    std::string prefetch_rr_;  // round robin: the blob prefetched last
+    double tokens_ = 0;
+    std::chrono::steady_clock::time_point tokens_at_{};
+    uint64_t prefetch_timer_ = 0;
+    std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+}  // namespace erostream

@@ -1,0 +1,27 @@
+// The daemon's counters (updated on the loop thread only) and their two renderings: the JSON of
+// GET /v1/stats and the Prometheus text of GET /metrics.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace erostream {
+
+struct Stats {
+    uint64_t bytes_fetched = 0;   // bytes received from registries (or layouts) since start
+    uint64_t chunks_fetched = 0;  // chunks verified and written to a cache
+    uint64_t cache_hits = 0;      // chunks a kernel read needed that were present
+    uint64_t cache_misses = 0;    // chunks a kernel read needed that were not
+    uint64_t errors = 0;          // failed fetches, verifications, writes, syncs
+    uint64_t events = 0;          // kernel access events answered
+    uint64_t events_denied = 0;   // ... of which denied (EIO)
+    uint64_t prefetch_bytes = 0;  // of bytes_fetched, fetched by background prefetch
+    uint64_t verify_failures = 0; // chunks whose bytes did not match their digest
+    uint64_t retries = 0;         // range requests issued again
+    uint64_t mounts = 0;          // current mounts (a gauge)
+};
+
+std::string stats_json(const Stats& s);
+std::string stats_prometheus(const Stats& s);
+
+}  // namespace erostream
