@@ -381,7 +381,10 @@ def wait_ready(ready_r: int, proc: subprocess.Popen, timeout: float, what: str,
                     return
                 if data:
                     continue
-                code = proc.wait(timeout=STOP_TIMEOUT) if pidfd in r or proc.poll() is not None else None
+                # EOF: the process closed the pipe or is exiting (the pipe closes before the pidfd
+                # turns readable); give it a moment to tell which, as a wait on the pidfd.
+                exited = pidfd in r or wait_pid_exit(pidfd, 2.0)
+                code = proc.wait(timeout=STOP_TIMEOUT) if exited else None
                 raise DaemonStartError(
                     f"{what} closed its ready pipe without writing READY (wrote {buf!r}"
                     + (f", exit status {code}" if code is not None else ", still running")
