@@ -1,8 +1,14 @@
 """Shared helpers for the benchmark scripts under scripts/.
 
-Measuring: each command runs as a direct child (posix_spawn) and is reaped
-with os.wait4, whose rusage gives user and system CPU time and the peak RSS of
-that process (and of any descendants it waited for). Stdlib only.
+Measuring: each command runs under GNU time (/usr/bin/time, Debian package
+`time`), which forks it, reaps it with wait4 and reports that rusage: user and
+system CPU time and the peak RSS of the command (and of any descendants it
+waited for). Wall time is taken here around the whole launch. Stdlib only.
+
+Why not wait4 from Python directly: posix_spawn (and fork) start the child in
+this interpreter's address space, and Linux carries the peak RSS of the
+address space an exec replaces into the new program's ru_maxrss, so every
+command would show at least the interpreter's own ~20 MiB.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import shlex
 import shutil
 import statistics
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +43,11 @@ class CommandFailed(RuntimeError):
     pass
 
 
+GNU_TIME = "/usr/bin/time"
+# user s, system s, peak RSS KiB of the command, on the report file's last line.
+GNU_TIME_FORMAT = "%U %S %M"
+
+
 def run_measured(argv: list[str], *, stdout: str | None = None, stderr_log: Path,
                  cwd: Path | None = None) -> Measurement:
     """Run argv, stdout to the file `stdout` (default /dev/null), stderr appended to
@@ -43,6 +55,34 @@ def run_measured(argv: list[str], *, stdout: str | None = None, stderr_log: Path
     exe = shutil.which(argv[0]) if "/" not in argv[0] else argv[0]
     if exe is None:
         raise CommandFailed(f"{argv[0]}: not found in PATH")
+    if not os.access(GNU_TIME, os.X_OK):
+        raise CommandFailed(f"{GNU_TIME}: missing (apt-get install time)")
+    report_fd, report_name = tempfile.mkstemp(prefix="bench-rusage.")
+    os.close(report_fd)
+    report = Path(report_name)
+    try:
+        wall, code = _spawn_timed([GNU_TIME, "--quiet", "-f", GNU_TIME_FORMAT, "-o", str(report),
+                                   exe, *argv[1:]], stdout, stderr_log, cwd)
+        fields = report.read_text().split()
+    finally:
+        report.unlink(missing_ok=True)
+    if code != 0:
+        tail = ""
+        try:
+            tail = "\n".join(stderr_log.read_text(errors="replace").splitlines()[-20:])
+        except OSError:
+            pass
+        raise CommandFailed(f"{shlex.join(argv)}: exit {code}\n{tail}")
+    try:
+        user_s, sys_s, maxrss_kib = float(fields[-3]), float(fields[-2]), int(fields[-1])
+    except (IndexError, ValueError):
+        raise CommandFailed(f"{shlex.join(argv)}: unreadable {GNU_TIME} report {fields!r}")
+    return Measurement(wall, user_s, sys_s, maxrss_kib)
+
+
+def _spawn_timed(argv: list[str], stdout: str | None, stderr_log: Path,
+                 cwd: Path | None) -> tuple[float, int]:
+    """Run argv with stdin from /dev/null; returns (wall seconds, exit code)."""
     actions = [
         (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
         (os.POSIX_SPAWN_OPEN, 1, stdout or "/dev/null",
@@ -56,21 +96,13 @@ def run_measured(argv: list[str], *, stdout: str | None = None, stderr_log: Path
         os.chdir(cwd)
     try:
         t0 = time.perf_counter()
-        pid = os.posix_spawn(exe, argv, os.environ, file_actions=actions)
-        _, status, ru = os.wait4(pid, 0)
+        pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=actions)
+        _, status = os.waitpid(pid, 0)
         wall = time.perf_counter() - t0
     finally:
         if old_cwd is not None:
             os.chdir(old_cwd)
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        tail = ""
-        try:
-            tail = "\n".join(stderr_log.read_text(errors="replace").splitlines()[-20:])
-        except OSError:
-            pass
-        raise CommandFailed(f"{shlex.join(argv)}: exit {code}\n{tail}")
-    return Measurement(wall, ru.ru_utime, ru.ru_stime, ru.ru_maxrss)
+    return wall, os.waitstatus_to_exitcode(status)
 
 
 def sum_measurements(ms: list[Measurement]) -> Measurement:
