@@ -120,7 +120,10 @@ Result<ResolvedArtifact> resolve_oci(const std::string& ref, const std::string& 
 Result<ResolvedArtifact> resolve_docker(const std::string& ref, const std::string& cache_dir, DaemonRegistry* registry) {
     if (!registry) return fail(fmt::format("{}: this daemon has no registry access", ref), ENOTSUP);
     auto r = parse_image_reference(ref);
-    if (!r) return fail(fmt::format("reference '{}': {}", ref, r.error().message), EINVAL);
+    if (!r) {
+        const std::string& m = r.error().message;
+        return fail(m.find(ref) == std::string::npos ? ref + ": " + m : m, EINVAL);
+    }
     auto client = registry->client(r->registry);
     if (!client) return std::unexpected(client.error().prefix(ref));
     auto d = resolve_artifact(**client, *r, std::nullopt);
