@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.parse
 
 import pytest
 
@@ -179,3 +180,49 @@ def test_mount_with_token_auth_and_storage_redirects(daemons, stream_images, pro
         assert_tree_matches(img, mnt)
         d.umount(mnt)
         d.stop()
+
+
+def test_registry_settings_from_the_config_file(daemons, registry, published, stream_images, proxies, work):
+    """The [registry] section of erostreamd's config file: a hosts.toml mirror (hosts_dir) serves
+    manifests and the blob ranges (asked with ?ns=REGISTRY), the registry itself is not asked for them;
+    http_proxy sends every request (mounting and ranges) through an HTTP proxy."""
+    from daemon_fixtures import reg_tools
+    img, pub = stream_images["a"], published["a"]
+    blobs = "|".join(re.escape(d["digest"]) for d in img.data_blobs)
+    origin = proxies(registry.host, name="origin")
+    mirror = proxies(registry.host, name="mirror")
+    hosts = work / "certs.d"
+    reg_tools.write_hosts_toml(hosts, origin.host, origin.url, [(mirror.url, ["pull", "resolve"])])
+    cfg = work / "mirror.toml"
+    cfg.write_text(f'[registry]\nhosts_dir = "{hosts}"\n')
+    d = daemons(name="mirrored", extra_args=["--config", str(cfg)])
+    mnt = work / "m1"
+    d.mount(pub.image_ref(origin.host), mnt, prefetch="none")
+    for rel in ("data/f04", "app/g01"):
+        o = checked_read(mnt / rel, img.expected(rel))
+        assert o.clean and o.eio == 0, f"/{rel}: {o}\n{d.log_digest()}"
+    ranges = mirror.requests(method="GET", path=rf"/blobs/({blobs})$")
+    assert ranges, "no blob range came from the mirror"
+    assert all(urllib.parse.parse_qs(r.query).get("ns") == [origin.host] for r in ranges), [r.query for r in ranges]
+    assert all("range" in r.headers for r in ranges)
+    # Only the referrers API may be asked at the origin (the mirror has none: the client then
+    # asks upstream before it falls back to the tag schema); manifests and blobs come from the mirror.
+    asked = [(r.method, r.path) for r in origin.requests() if "/referrers/" not in r.path]
+    assert asked == [], asked
+    d.umount(mnt)
+    d.stop()
+
+    # An HTTP proxy: requests in absolute form, for the blocking path and the loop alike.
+    web_proxy = proxies(registry.host, name="web-proxy")
+    cfg = work / "proxy.toml"
+    cfg.write_text(f'[registry]\nhosts_dir = ""\nhttp_proxy = "{web_proxy.url}"\n')
+    d = daemons(name="proxied", extra_args=["--config", str(cfg)])
+    d.mount(pub.image_ref(), mnt, prefetch="none")
+    o = checked_read(mnt / "data/f06", img.expected("data/f06"))
+    assert o.clean and o.eio == 0, f"{o}\n{d.log_digest()}"
+    recs = web_proxy.requests()
+    assert any("/manifests/" in r.path for r in recs), [(r.method, r.path) for r in recs]
+    assert any(re.search(rf"/blobs/({blobs})$", r.path) and "range" in r.headers for r in recs), \
+        [(r.method, r.path) for r in recs]
+    assert all(r.proxy_form for r in recs), [(r.path, r.proxy_form) for r in recs]
+    d.umount(mnt)
