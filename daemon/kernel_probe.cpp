@@ -155,6 +155,7 @@ namespace {
 // Order: the fragment's order. An option may serve several features; the fragment prints it once.
 constexpr KconfigRequirement kRequirements[] = {
     {Feature::common, "IO_URING", false, "", "erostreamd's event loop, cache writes and the ublk front end use io_uring"},
+    {Feature::common, "EROFS_FS", true, "erofs", "EROFS, the filesystem every erostream image is mounted as"},
     {Feature::common, "EROFS_FS_XATTR", false, "", "EROFS extended attributes: file capabilities and security labels of image files", false},
     {Feature::common, "EROFS_FS_POSIX_ACL", false, "", "EROFS POSIX ACLs of image files", false},
     {Feature::common, "EROFS_FS_SECURITY", false, "", "EROFS security labels (SELinux, Smack) of image files", false},
@@ -236,6 +237,7 @@ namespace {
 struct ReportBuilder {
     FeatureReport rep;
     std::vector<std::string> unknowns;
+    std::set<std::string_view> checked;  // options already reported (a shared option once)
 
     void missing(std::string s) { rep.missing.push_back(std::move(s)); }
     void note(std::string s) { rep.notes.push_back(std::move(s)); }
@@ -267,7 +269,7 @@ bool option_missing(const KernelFacts& f, std::string_view opt) { return option_
 void check_options(const KernelFacts& f, Feature feature, ReportBuilder& b) {
     if (!f.config) return;
     for (const auto& req : kRequirements) {
-        if (req.feature != feature) continue;
+        if (req.feature != feature || !b.checked.insert(req.option).second) continue;
         OptState st = option_state(f, req.option);
         if (st == OptState::unset) {
             std::string msg = fmt::format("CONFIG_{} is not set ({})", req.option, req.why);
@@ -294,7 +296,7 @@ void check_cache_fs(const KernelFacts& f, std::string_view needs, ReportBuilder&
         return;
     }
     if (!cache_filesystem_ok(f.cache_fs))
-        b.missing(fmt::format("the cache dir {} is on {}: {} needs ext4, xfs or btrfs (choose another --cache-dir "
+        b.missing(fmt::format("the cache dir {} is on {}: {} ext4, xfs or btrfs (choose another --cache-dir "
                               "or mount one there)",
                               f.cache_dir, f.cache_fs, needs));
     if (f.cache_probe_dir != f.cache_dir && !f.cache_probe_dir.empty())
@@ -393,7 +395,7 @@ FeatureReport eval_fscache(const KernelFacts& f) {
     if (!(eo.result == Support::unknown && f.config && f.config->builtin("EROFS_FS_ONDEMAND")))
         apply_probe(eo, erofs_ondemand_explained, b);
 
-    check_cache_fs(f, "cachefiles", b);
+    check_cache_fs(f, "cachefiles needs", b);
     if (f.version && f.version->at_least(6, 12))
         b.note("the cachefiles on-demand interface is deprecated since Linux 6.12; the fanotify front end serves 6.14+");
     return b.finish();
@@ -406,7 +408,7 @@ FeatureReport eval_fanotify(const KernelFacts& f, const FeatureReport& file_back
     check_options(f, Feature::fanotify, b);
     check_io_uring(f, b);
     bool explained = !b.rep.missing.empty();
-    check_cache_fs(f, "fanotify pre-content events", b);
+    check_cache_fs(f, "fanotify pre-content events need", b);
     explained = explained || (!f.cache_fs.empty() && !cache_filesystem_ok(f.cache_fs));
     apply_probe(f.fanotify_pre_content, explained, b);
     for (const auto& m : file_backed.missing) b.missing("file-backed EROFS: " + m);
