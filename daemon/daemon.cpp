@@ -13,6 +13,8 @@
 #include <nlohmann/json.hpp>
 
 #include "control_server.h"
+#include "curl_multi.h"
+#include "daemon_registry.h"
 #include "event_loop.h"
 #include "fanotify_abi.h"
 #include "fanotify_frontend.h"
@@ -21,6 +23,7 @@
 #include "holder_link.h"
 #include "layout_backend.h"
 #include "mount_manager.h"
+#include "registry_backend.h"
 
 namespace erostream {
 
@@ -109,6 +112,13 @@ private:
         io_ = std::make_unique<ThreadPool>(cfg_.io_workers);
         sys_ = std::make_unique<ThreadPool>(2);
 
+        registry_ = std::make_unique<DaemonRegistry>(cfg_);
+        CurlMultiOptions co;
+        co.max_host_connections = cfg_.max_connections_per_host;
+        co.max_cached_connections = std::max(32u, 2 * cfg_.max_connections_per_host);
+        co.curl = registry_->options().curl;
+        curl_ = EROS_TRY(CurlMulti::create(*loop_, co));
+
         SchedulerOptions so;
         so.max_run_bytes = cfg_.max_range_bytes;
         so.max_attempts = cfg_.retry_max + 1;
@@ -118,18 +128,15 @@ private:
         frontend_ = std::make_unique<FanotifyFrontend>(*sched_, stats_, *holder_, std::move(handover.group));
 
         MountManager::Deps deps{*loop_, *sys_, *sched_, *frontend_, *holder_, stats_,
-                                [this](const std::string& source, std::shared_ptr<CachingStore> store)
-                                    -> Result<std::shared_ptr<FetchBackend>> {
-                                    if (source.starts_with("oci:"))
-                                        return std::make_shared<LayoutBackend>(store, *io_, *loop_,
-                                                                               cfg_.max_connections_per_host);
-                                    return failf("no backend for source '{}'", source);
+                                [this](const std::string& source, std::shared_ptr<CachingStore> store) {
+                                    return make_backend(source, std::move(store));
                                 },
                                 cfg_.cache_dir, cfg_.prefetch,
                                 [this](const std::string& hex, const Error& e) {
                                     stats_.errors++;
                                     spdlog::error("[persist-{}] {}", hex.substr(0, 12), e.what());
-                                }};
+                                },
+                                registry_.get()};
         mounts_ = std::make_unique<MountManager>(deps);
         sched_->on_blob_complete = [this](const std::shared_ptr<BlobCache>& b) { mounts_->blob_complete(b); };
         EROS_TRYV(mounts_->restore(handover.blobs, handover.spawned));
@@ -159,6 +166,35 @@ private:
             [this](const Error& e) { holder_lost(e); });
         server_->start();
         return {};
+    }
+
+    // One backend per source: mounts of one layout or one registry repository share it (and its
+    // cached storage URLs); the scheduler bounds requests per registry host across backends.
+    Result<std::shared_ptr<FetchBackend>> make_backend(const std::string& source, std::shared_ptr<CachingStore> store) {
+        if (source.starts_with("oci:"))
+            return std::make_shared<LayoutBackend>(store, *io_, *loop_, cfg_.max_connections_per_host);
+        if (!source.starts_with("docker://")) return failf("no backend for source '{}'", source);
+        if (auto it = registry_backends_.find(source); it != registry_backends_.end())
+            if (auto b = it->second.lock()) return std::shared_ptr<FetchBackend>(b);
+        auto [reg, repo] = EROS_TRY(split_registry_source(source));
+        auto access = registry_->access(reg);
+        if (!access) return failf("{}: the registry was not prepared (internal)", source);
+        RegistryBackendOptions o;
+        o.max_inflight = cfg_.max_connections_per_host;
+        o.retry = registry_->options().retry;
+        auto b = std::make_shared<RegistryBackend>(*loop_, *curl_, stats_, registry_->auth(), std::move(*access), repo, o);
+        std::erase_if(registry_backends_, [](const auto& kv) { return kv.second.expired(); });
+        registry_backends_[source] = b;
+        return std::shared_ptr<FetchBackend>(b);
+    }
+
+    // The counters as the API shows them: bytes the blocking registry clients received (while
+    // mounting: manifests, referrers, metadata blobs) count as fetched too.
+    Stats stats_view() {
+        stats_.mounts = mounts_->count();
+        Stats s = stats_;
+        s.bytes_fetched += registry_->bytes_received();
+        return s;
     }
 
     void holder_lost(const Error& e) {
@@ -196,13 +232,11 @@ private:
         }
         if (p == "/v1/stats") {
             if (req.method != "GET") return json_err(405, "use GET");
-            stats_.mounts = mounts_->count();
-            return respond(200, "application/json", stats_json(stats_));
+            return respond(200, "application/json", stats_json(stats_view()));
         }
         if (p == "/metrics") {
             if (req.method != "GET") return json_err(405, "use GET");
-            stats_.mounts = mounts_->count();
-            return respond(200, "text/plain; version=0.0.4", stats_prometheus(stats_));
+            return respond(200, "text/plain; version=0.0.4", stats_prometheus(stats_view()));
         }
         if (p == "/v1/mounts") {
             if (req.method == "GET") return json_ok(mounts_->list());
@@ -249,6 +283,12 @@ private:
 
     void shutdown() {
         if (server_) server_->stop();
+        // Registry requests in flight fail now, so that every reader waiting on one is answered
+        // (the scheduler sees the failure; nothing wrong is written).
+        const std::string why = "erostreamd is stopping";
+        for (auto& [source, weak] : registry_backends_)
+            if (auto b = weak.lock()) b->shutdown(why);
+        if (curl_) curl_->shutdown(why);
         loop_->drain(std::chrono::milliseconds(5000));
         mounts_->sync_all();
         if (mounts_->count() == 0) {
@@ -267,6 +307,10 @@ private:
     std::unique_ptr<HolderLink> holder_;
     std::unique_ptr<EventLoop> loop_;
     std::unique_ptr<ThreadPool> cpu_, io_, sys_;
+    std::unique_ptr<DaemonRegistry> registry_;
+    // Before the scheduler and the mounts: their registry backends use it until they are gone.
+    std::unique_ptr<CurlMulti> curl_;
+    std::map<std::string, std::weak_ptr<RegistryBackend>> registry_backends_;
     std::unique_ptr<FetchScheduler> sched_;
     std::unique_ptr<FanotifyFrontend> frontend_;
     std::unique_ptr<MountManager> mounts_;

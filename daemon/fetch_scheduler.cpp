@@ -227,6 +227,7 @@ void FetchScheduler::issue(Blob& b, Job job) {
                   job.prefetch ? " (prefetch)" : "");
     std::weak_ptr<bool> alive = alive_;
     Job copy = job;
+    copy.backend_retried = backend->retries_itself();
     backend->fetch_range(b.desc, job.run.offset, job.run.length, req_id,
                          [this, alive, copy, key, req_id](Result<std::string> data) {
                              if (alive.expired()) return;
@@ -248,7 +249,11 @@ void FetchScheduler::on_range(const Job& job, Result<std::string> data, const st
         Error e = data.error();
         e.prefix(fmt::format("range {}+{} of blob sha256:{}", job.run.offset, job.run.length, job.hex));
         spdlog::warn("[{}] {}", req_id, e.what());
-        for (size_t k = 0; k < job.run.count; ++k) chunk_failed(*b, job.run.first + k, e, job.prefetch, req_id);
+        for (size_t k = 0; k < job.run.count; ++k) {
+            size_t i = job.run.first + k;
+            if (job.backend_retried) b->attempts[i] = static_cast<uint8_t>(opt_.max_attempts - 1);
+            chunk_failed(*b, i, e, job.prefetch, req_id);
+        }
         return;
     }
     stats_.bytes_fetched += data->size();

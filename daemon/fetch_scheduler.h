@@ -8,6 +8,8 @@
 //  - Requests in flight are bounded per backend limit key (a registry host).
 //  - Every chunk is decompressed and checked against its sha256 before a byte is written; a chunk
 //    that fails is fetched again (it is never written), up to max_attempts, then its waiters fail.
+//    A failed range is tried again the same way, unless its backend retries by itself (the
+//    registry backend does, with backoff and Retry-After): then the failure is final.
 //  - Prefetch fills whole blobs in the background, one request at a time under a bandwidth cap,
 //    and only while no on-demand request is waiting: kernel reads always go first.
 #pragma once
@@ -98,6 +100,9 @@ private:
         uint64_t generation = 0;
         FetchRun run;
         bool prefetch = false;
+        // The backend retried transient failures itself: a failed range is final (a chunk that
+        // fails verification is still fetched again).
+        bool backend_retried = false;
     };
 
     void pump();

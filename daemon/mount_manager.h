@@ -57,6 +57,7 @@ public:
         std::string cache_dir;
         std::string default_prefetch = "all";
         std::function<void(const std::string& hex, const Error&)> persist_error;
+        DaemonRegistry* registry = nullptr;  // docker:// references; null: refused
     };
 
     explicit MountManager(Deps d);

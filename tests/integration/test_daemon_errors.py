@@ -107,6 +107,21 @@ def test_registry_errors(with_other_mount, registry, published, stream_images, w
         d.health()
     s = d.stats()
     assert s["errors"] >= 1, s
+    # The control API's statuses: a bad reference is the client's fault (400), an image without
+    # artifact is not found (404, saying how to make one), an unreachable registry is a bad
+    # gateway (502, naming the host and what went wrong).
+    for ref, status, words, what in [
+        (f"docker://{registry.host}/Bad_Repo:x", 400, ("Bad_Repo", "reference"), "bad repository name"),
+        (f"docker://{registry.host}/{bare}:{img.tag}", 404, ("erostream-mkfs convert",), "image without artifact"),
+        (f"docker://127.0.0.1:{port}/daemon/a:a", 502, (f"127.0.0.1:{port}",), "unreachable registry"),
+    ]:
+        r = d.api("POST", "/v1/mounts", {"ref": ref, "mountpoint": str(mnt), "prefetch": "none"})
+        assert r.status == status, f"{what}: POST /v1/mounts {ref}: {r.status} {r.text}"
+        err = r.json()["error"]
+        assert all(w in err for w in words), f"{what}: the error names not all of {words}: {err}"
+        assert not lib.is_mountpoint(mnt), f"{what}: left a mount"
+    assert "refused" in d.api("POST", "/v1/mounts", {"ref": f"docker://127.0.0.1:{port}/daemon/a:a",
+                                                     "mountpoint": str(mnt)}).json()["error"].lower()
     other_mount_still_works(d, img, other)
 
 
