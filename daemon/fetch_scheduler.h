@@ -119,7 +119,9 @@ private:
     void on_range(const Job& job, Result<std::string> data, const std::string& req_id);
     void on_decoded(const std::string& hex, uint64_t generation, size_t i, Result<std::string> bytes,
                     bool prefetch, const std::string& req_id);
-    void chunk_failed(Blob& b, size_t i, const Error& e, bool prefetch, const std::string& req_id);
+    // `final`: trying again cannot help (the backend retried already; the cache cannot be written).
+    void chunk_failed(Blob& b, size_t i, const Error& e, bool prefetch, const std::string& req_id,
+                      bool final = false);
     void finish_chunk(Blob& b, size_t i, const Result<void>& r);
     bool next_prefetch_job(Job& out);
     bool prefetch_tokens_for(uint64_t bytes);
