@@ -22,6 +22,7 @@ FetchScheduler::FetchScheduler(EventLoop& loop, ThreadPool& cpu, Stats& stats, S
 FetchScheduler::~FetchScheduler() {
     *alive_ = false;
     if (prefetch_timer_) loop_.cancel(prefetch_timer_);
+    if (quiet_timer_) loop_.cancel(quiet_timer_);
 }
 
 void FetchScheduler::add_source(std::shared_ptr<BlobCache> cache, const Descriptor& desc,
@@ -104,6 +105,7 @@ void FetchScheduler::ensure(const std::string& hex, uint64_t offset, uint64_t le
         w->done({});
         return;
     }
+    note_demand();
     for (const FetchRun& r : plan_runs(chunks, missing, opt_.max_run_bytes))
         queue_.push_back({hex, b.generation, r, false});
     pump();
@@ -112,8 +114,12 @@ void FetchScheduler::ensure(const std::string& hex, uint64_t offset, uint64_t le
 void FetchScheduler::set_prefetch(const std::string& hex, const std::string& owner, bool on) {
     auto it = blobs_.find(hex);
     if (it == blobs_.end()) return;
-    if (on) it->second.prefetchers.insert(owner);
-    else it->second.prefetchers.erase(owner);
+    if (on) {
+        it->second.prefetchers.insert(owner);
+        note_demand();  // a new mount is about to be read: let its first reads go first
+    } else {
+        it->second.prefetchers.erase(owner);
+    }
     pump();
 }
 
@@ -143,7 +149,8 @@ void FetchScheduler::pump() {
         it = queue_.erase(it);
         issue(*b, std::move(job));
     }
-    // Then prefetch, only when no kernel read is waiting for a connection.
+    // Then prefetch, only when no kernel read is waiting for a connection, and none was lately.
+    if (!queue_.empty() || prefetch_inflight_ >= opt_.prefetch_inflight || !demand_quiet()) return;
     while (queue_.empty() && prefetch_inflight_ < opt_.prefetch_inflight) {
         Job job;
         if (!next_prefetch_job(job)) break;
@@ -181,6 +188,25 @@ bool FetchScheduler::prefetch_tokens_for(uint64_t bytes) {
     return false;
 }
 
+bool FetchScheduler::demand_quiet() {
+    if (opt_.prefetch_quiet.count() <= 0) return true;
+    if (demand_inflight_ > 0) return false;  // its completion notes the time and pumps again
+    auto since = std::chrono::steady_clock::now() - last_demand_;
+    if (since >= opt_.prefetch_quiet) return true;
+    bool wanted = std::ranges::any_of(blobs_, [](const auto& kv) {
+        return !kv.second.prefetchers.empty() && !kv.second.cache->complete();
+    });
+    if (wanted && !quiet_timer_) {
+        std::weak_ptr<bool> alive = alive_;
+        quiet_timer_ = loop_.add_timer(opt_.prefetch_quiet - since, [this, alive] {
+            if (alive.expired()) return;
+            quiet_timer_ = 0;
+            pump();
+        });
+    }
+    return false;
+}
+
 bool FetchScheduler::next_prefetch_job(Job& out) {
     if (blobs_.empty()) return false;
     // Round robin over the blobs that want prefetch, starting after the last one served.
@@ -198,12 +224,17 @@ bool FetchScheduler::next_prefetch_job(Job& out) {
             if (b.cache->present(i) || b.state[i] != kIdle) continue;
             std::vector<size_t> idx;
             uint64_t bytes = 0;
+            // Small ranges while reads come and go; whole max_run_bytes ranges (less per-request
+            // latency) once they have stopped for a while.
+            bool idle = std::chrono::steady_clock::now() - last_demand_ >= opt_.prefetch_grow_after;
+            uint64_t cap = idle ? opt_.max_run_bytes
+                                : std::min(opt_.max_run_bytes, std::max<uint64_t>(opt_.prefetch_run_bytes, 1));
             for (size_t k = i; k < n && !b.cache->present(k) && b.state[k] == kIdle; ++k) {
-                if (!idx.empty() && bytes + chunks[k].compressed_size > opt_.max_run_bytes) break;
+                if (!idx.empty() && bytes + chunks[k].compressed_size > cap) break;
                 idx.push_back(k);
                 bytes += chunks[k].compressed_size;
             }
-            auto runs = plan_runs(chunks, idx, opt_.max_run_bytes);
+            auto runs = plan_runs(chunks, idx, cap);
             const FetchRun& r = runs.front();
             for (size_t k = 0; k < r.count; ++k) b.state[r.first + k] = kBusy;
             b.prefetch_cursor = (r.first + r.count) % n;
@@ -221,6 +252,7 @@ void FetchScheduler::issue(Blob& b, Job job) {
     inflight_[key]++;
     inflight_total_++;
     if (job.prefetch) prefetch_inflight_++;
+    else demand_inflight_++;
     std::string req_id = fmt::format("fetch-{}", next_req_++);
     spdlog::debug("[{}] blob {} chunks {}..{} bytes {}+{} from {}{}", req_id, short_hex(job.hex), job.run.first,
                   job.run.first + job.run.count - 1, job.run.offset, job.run.length, backend->describe(),
@@ -235,7 +267,12 @@ void FetchScheduler::issue(Blob& b, Job job) {
                              if (alive.expired()) return;
                              inflight_[key]--;
                              inflight_total_--;
-                             if (copy.prefetch) prefetch_inflight_--;
+                             if (copy.prefetch) {
+                                 prefetch_inflight_--;
+                             } else {
+                                 demand_inflight_--;
+                                 note_demand();
+                             }
                              on_range(copy, std::move(data), req_id);
                              pump();
                          });

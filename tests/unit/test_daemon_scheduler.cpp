@@ -172,6 +172,31 @@ TEST_CASE("scheduler: prefetch waits while kernel reads queue for the connection
     CHECK(rig.sched->queued() == 1);
 }
 
+TEST_CASE("scheduler: prefetch starts once kernel reads were quiet for a while, in small ranges") {
+    Rig rig0({1});
+    uint64_t one = rig0.blob.dev.chunks[0].compressed_size;
+    SchedulerOptions opt;
+    opt.prefetch_quiet = 60ms;
+    opt.prefetch_run_bytes = one * 2 + one / 2;  // two chunks per prefetch request
+    Rig rig(std::vector<uint32_t>(8, 1), opt);
+    auto r = rig.ensure_all({{0, 4096}});
+    REQUIRE(r[0]);
+    auto served = std::chrono::steady_clock::now();
+    rig.sched->set_prefetch(rig.cache->hex(), "m1", true);
+    CHECK(rig.backend->requests.size() == 1);  // the read's own request; no prefetch yet
+    std::chrono::steady_clock::time_point completed{};
+    rig.sched->on_blob_complete = [&](const std::shared_ptr<BlobCache>&) {
+        completed = std::chrono::steady_clock::now();
+        rig.loop->stop();
+    };
+    REQUIRE(rig.loop->run());
+    CHECK(completed - served >= opt.prefetch_quiet);
+    REQUIRE(rig.backend->requests.size() == 5);  // 1 read + 7 chunks in runs of 2
+    for (size_t k = 1; k < rig.backend->requests.size(); ++k)
+        CHECK(rig.backend->requests[k].second <= opt.prefetch_run_bytes);
+    CHECK(rig.file_bytes(0, rig.blob.device.size()) == rig.blob.device);
+}
+
 TEST_CASE("blob cache: presence survives a reopen; a replaced cache file starts over") {
     ScratchDir dir;
     MemBlob blob = make_blob({1, 2, 1});
