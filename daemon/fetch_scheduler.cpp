@@ -87,12 +87,14 @@ void FetchScheduler::ensure(const std::string& hex, uint64_t offset, uint64_t le
     w->req_id = req_id;
     w->done = std::move(done);
     std::vector<size_t> missing;
+    size_t first_miss = span.last;
     for (size_t i = span.first; i < span.last; ++i) {
         if (b.cache->present(i)) {
             stats_.cache_hits++;
             continue;
         }
         stats_.cache_misses++;
+        first_miss = std::min(first_miss, i);
         w->remaining++;
         b.waiters[i].push_back(w);
         if (b.state[i] == kIdle) {
@@ -106,9 +108,46 @@ void FetchScheduler::ensure(const std::string& hex, uint64_t offset, uint64_t le
         return;
     }
     note_demand();
-    for (const FetchRun& r : plan_runs(chunks, missing, opt_.max_run_bytes))
-        queue_.push_back({hex, b.generation, r, false});
+    auto runs = plan_runs(chunks, missing, opt_.max_run_bytes);
+    // The first missing chunk was busy already: in flight for an earlier read.
+    bool first_busy = missing.empty() || missing.front() != first_miss;
+    if (!runs.empty()) readahead(b, first_miss, first_busy, runs);
+    for (const FetchRun& r : runs) queue_.push_back({hex, b.generation, r, false});
     pump();
+}
+
+void FetchScheduler::readahead(Blob& b, size_t first_miss, bool first_busy, std::vector<FetchRun>& runs) {
+    // Sequential: the read's first missing chunk is the one right after the last request, or one
+    // of its chunks still in flight (not one that failed and is asked for again).
+    bool sequential = b.stream && (first_miss == b.stream_next ||
+                                   (first_busy && first_miss >= b.stream_first && first_miss < b.stream_next));
+    FetchRun& last = runs.back();
+    if (!opt_.readahead || !sequential) {
+        b.readahead_window = 0;
+    } else {
+        uint64_t demand = 0;
+        for (const FetchRun& r : runs) demand += r.length;
+        // Starts with as much as the read itself needed, doubles on every sequential miss.
+        b.readahead_window = b.readahead_window == 0 ? std::max<uint64_t>(demand, 1)
+                                                     : std::min(opt_.max_run_bytes, 2 * b.readahead_window);
+        auto chunks = b.cache->chunks();
+        uint64_t added = 0;
+        for (size_t k = last.first + last.count; k < chunks.size(); ++k) {
+            const auto& c = chunks[k];
+            if (b.cache->present(k) || b.state[k] != kIdle) break;
+            if (last.offset + last.length != c.compressed_offset) break;
+            if (last.length + c.compressed_size > opt_.max_run_bytes) break;
+            if (added > 0 && added + c.compressed_size > b.readahead_window) break;
+            b.state[k] = kBusy;
+            last.count++;
+            last.length += c.compressed_size;
+            added += c.compressed_size;
+        }
+        if (added > 0) stats_.readahead_bytes += added;
+    }
+    b.stream = true;
+    b.stream_first = runs.front().first;
+    b.stream_next = last.first + last.count;
 }
 
 void FetchScheduler::set_prefetch(const std::string& hex, const std::string& owner, bool on) {
@@ -289,7 +328,7 @@ void FetchScheduler::on_range(const Job& job, Result<std::string> data, const st
         e.prefix(fmt::format("range {}+{} of blob sha256:{}", job.run.offset, job.run.length, job.hex));
         spdlog::warn("[{}] {}", req_id, e.what());
         for (size_t k = 0; k < job.run.count; ++k)
-            chunk_failed(*b, job.run.first + k, e, job.prefetch, req_id, job.backend_retried);
+            chunk_failed(*b, job.run.first + k, e, req_id, job.backend_retried);
         return;
     }
     stats_.bytes_fetched += data->size();
@@ -328,7 +367,7 @@ void FetchScheduler::on_decoded(const std::string& hex, uint64_t generation, siz
         e.prefix(fmt::format("blob sha256:{} chunk {} (device offset {})", hex, i,
                              chunk_device_offset(b->cache->chunks()[i])));
         spdlog::warn("[{}] {}: not written, fetching it again", req_id, e.what());
-        chunk_failed(*b, i, e, prefetch, req_id);
+        chunk_failed(*b, i, e, req_id);
         return;
     }
     std::weak_ptr<bool> alive = alive_;
@@ -340,7 +379,7 @@ void FetchScheduler::on_decoded(const std::string& hex, uint64_t generation, siz
             stats_.errors++;
             spdlog::error("[{}] {}", req_id, r.error().what());
             // A cache file that cannot be written will not get better by fetching again.
-            chunk_failed(*b, i, r.error(), prefetch, req_id, true);
+            chunk_failed(*b, i, r.error(), req_id, true);
             return;
         }
         stats_.chunks_fetched++;
@@ -350,11 +389,10 @@ void FetchScheduler::on_decoded(const std::string& hex, uint64_t generation, siz
     });
 }
 
-void FetchScheduler::chunk_failed(Blob& b, size_t i, const Error& e, bool prefetch, const std::string& req_id,
-                                  bool final) {
+void FetchScheduler::chunk_failed(Blob& b, size_t i, const Error& e, const std::string& req_id, bool final) {
     unsigned tries = ++b.attempts[i];
     bool wanted = b.waiters.count(i) > 0;
-    if (!final && tries < opt_.max_attempts && (wanted || !prefetch)) {
+    if (!final && tries < opt_.max_attempts && wanted) {
         stats_.retries++;
         auto delay = std::min(opt_.retry_cap, opt_.retry_base * (1u << std::min(tries - 1, 16u)));
         std::string hex = b.cache->hex();
@@ -372,8 +410,9 @@ void FetchScheduler::chunk_failed(Blob& b, size_t i, const Error& e, bool prefet
         });
         return;
     }
-    if (prefetch && !wanted) {
-        // Nobody reads it yet: leave it for a kernel read to ask again (with fresh tries).
+    if (!wanted) {
+        // Prefetch or readahead nobody reads yet: leave it for a kernel read to ask again (with
+        // fresh tries).
         b.state[i] = kIdle;
         b.attempts[i] = 0;
         return;

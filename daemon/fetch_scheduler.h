@@ -5,6 +5,11 @@
 //  - A range maps to chunks; present chunks are cache hits. A missing chunk is requested once:
 //    while it is queued or in flight, later asks just wait for it.
 //  - Missing chunks with adjacent frames are fetched with one range request, up to a cap.
+//  - Sequential readahead: a miss that starts where the blob's last on-demand request ended (a
+//    file read front to back) extends its last range with the missing chunks that follow, a
+//    window that doubles with every such miss up to the range cap and starts over at a miss
+//    elsewhere. A request costs a round trip, so one bigger range beats several in a row; the
+//    chunks asked for only wait for that one range. A first or random miss reads no more.
 //  - Requests in flight are bounded per backend limit key (a registry host).
 //  - Every chunk is decompressed and checked against its sha256 before a byte is written; a chunk
 //    that fails is fetched again (it is never written), up to max_attempts, then its waiters fail.
@@ -48,6 +53,7 @@ struct SchedulerOptions {
     uint64_t prefetch_run_bytes = 1u << 20;     // compressed bytes per prefetch request (at most max_run_bytes),
     std::chrono::milliseconds prefetch_grow_after{1000};  // up to max_run_bytes after this long without reads
     std::chrono::milliseconds prefetch_quiet{100};  // no prefetch until no kernel read was waiting for this long
+    bool readahead = true;                      // sequential readahead on on-demand misses
 };
 
 class FetchScheduler {
@@ -101,6 +107,11 @@ private:
         std::unordered_map<size_t, std::vector<std::shared_ptr<Waiter>>> waiters;
         std::set<std::string> prefetchers;
         size_t prefetch_cursor = 0;
+        // The last on-demand request's chunks [stream_first, stream_next) and its readahead
+        // window in compressed bytes (0: the stream is not sequential yet).
+        size_t stream_first = 0, stream_next = 0;
+        bool stream = false;
+        uint64_t readahead_window = 0;
         uint64_t generation = 0;  // tells stale completions from a re-added blob's
     };
     struct Job {
@@ -120,9 +131,11 @@ private:
     void on_decoded(const std::string& hex, uint64_t generation, size_t i, Result<std::string> bytes,
                     bool prefetch, const std::string& req_id);
     // `final`: trying again cannot help (the backend retried already; the cache cannot be written).
-    void chunk_failed(Blob& b, size_t i, const Error& e, bool prefetch, const std::string& req_id,
-                      bool final = false);
+    // A chunk nobody waits for (prefetch, readahead) is left for a later read to ask again.
+    void chunk_failed(Blob& b, size_t i, const Error& e, const std::string& req_id, bool final = false);
     void finish_chunk(Blob& b, size_t i, const Result<void>& r);
+    // Extends the last of an on-demand miss's runs when the miss continues a sequential stream.
+    void readahead(Blob& b, size_t first_miss, bool first_busy, std::vector<FetchRun>& runs);
     bool next_prefetch_job(Job& out);
     bool prefetch_tokens_for(uint64_t bytes);
     bool demand_quiet();

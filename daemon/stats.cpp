@@ -16,6 +16,7 @@ std::string stats_json(const Stats& s) {
     j["events"] = s.events;
     j["events_denied"] = s.events_denied;
     j["prefetch_bytes"] = s.prefetch_bytes;
+    j["readahead_bytes"] = s.readahead_bytes;
     j["verify_failures"] = s.verify_failures;
     j["retries"] = s.retries;
     j["mounts"] = s.mounts;
@@ -35,6 +36,7 @@ std::string stats_prometheus(const Stats& s) {
     counter("erostream_events_total", "Kernel access events answered.", s.events);
     counter("erostream_events_denied_total", "Kernel access events answered with EIO.", s.events_denied);
     counter("erostream_prefetch_bytes_total", "Bytes fetched by background prefetch.", s.prefetch_bytes);
+    counter("erostream_readahead_bytes_total", "Bytes requested by sequential readahead.", s.readahead_bytes);
     counter("erostream_verify_failures_total", "Chunks whose bytes did not match their digest.", s.verify_failures);
     counter("erostream_retries_total", "Range requests issued again.", s.retries);
     out += fmt::format("# HELP erostream_mounts Images mounted.\n# TYPE erostream_mounts gauge\nerostream_mounts {}\n",

@@ -22,6 +22,8 @@ struct Stats {
     uint64_t events = 0;          // kernel access events answered
     uint64_t events_denied = 0;   // ... of which denied (EIO)
     uint64_t prefetch_bytes = 0;  // of bytes_fetched, fetched by background prefetch
+    uint64_t readahead_bytes = 0; // compressed bytes of chunks added to on-demand ranges by
+                                  // sequential readahead (counted when requested)
     uint64_t verify_failures = 0; // chunks whose bytes did not match their digest
     uint64_t retries = 0;         // range requests issued again
     uint64_t mounts = 0;          // current mounts (a gauge)

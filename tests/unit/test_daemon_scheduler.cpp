@@ -197,6 +197,92 @@ TEST_CASE("scheduler: prefetch starts once kernel reads were quiet for a while, 
     CHECK(rig.file_bytes(0, rig.blob.device.size()) == rig.blob.device);
 }
 
+namespace {
+// Chunk indexes [first, first + count) a request covered.
+std::pair<size_t, size_t> chunks_of(const MemBlob& blob, std::pair<uint64_t, uint64_t> req) {
+    const auto& c = blob.dev.chunks;
+    size_t first = c.size(), count = 0;
+    for (size_t k = 0; k < c.size(); ++k)
+        if (c[k].compressed_offset >= req.first && c[k].compressed_offset < req.first + req.second) {
+            first = std::min(first, k);
+            ++count;
+        }
+    return {first, count};
+}
+}  // namespace
+
+TEST_CASE("scheduler: sequential misses read ahead in a doubling window; a random miss does not") {
+    Rig rig0({1});
+    uint64_t one = rig0.blob.dev.chunks[0].compressed_size;
+    SchedulerOptions opt;
+    opt.max_run_bytes = one * 5 + one / 2;  // five chunks per range at most
+    Rig rig(std::vector<uint32_t>(24, 1), opt);
+    auto read_chunk = [&](size_t k) { REQUIRE(rig.ensure_all({{k * 4096, 4096}})[0]); };
+    auto last = [&] { return chunks_of(rig.blob, rig.backend->requests.back()); };
+    using P = std::pair<size_t, size_t>;
+
+    read_chunk(0);  // a first miss: just its chunk
+    CHECK(last() == P{0, 1});
+    read_chunk(1);  // right after it: as much again
+    CHECK(last() == P{1, 2});
+    read_chunk(2);  // read ahead already: a hit
+    CHECK(rig.backend->requests.size() == 2);
+    read_chunk(3);  // the window doubles ...
+    CHECK(last() == P{3, 3});
+    for (size_t k = 4; k < 6; ++k) read_chunk(k);
+    read_chunk(6);  // ... up to the range cap
+    CHECK(last() == P{6, 5});
+    for (size_t k = 7; k < 11; ++k) read_chunk(k);
+    read_chunk(11);
+    CHECK(last() == P{11, 5});
+    CHECK(rig.backend->requests.size() == 5);
+    CHECK(rig.stats.readahead_bytes > 0);
+
+    // Random small reads elsewhere: one chunk each, and the window starts over.
+    read_chunk(20);
+    CHECK(last() == P{20, 1});
+    read_chunk(17);
+    CHECK(last() == P{17, 1});
+    read_chunk(18);  // sequential again: a window of one read
+    CHECK(last() == P{18, 2});
+    // Readahead stops at a chunk already present (20).
+    read_chunk(16);
+    read_chunk(17);  // present: a hit, not a miss
+    size_t before = rig.backend->requests.size();
+    read_chunk(19);  // not right after 16: random
+    CHECK(rig.backend->requests.size() == before);  // 19 came with 18
+    CHECK(rig.file_bytes(0, rig.blob.device.size()).substr(0, 16 * 4096) == rig.blob.device.substr(0, 16 * 4096));
+}
+
+TEST_CASE("scheduler: readahead off: a sequential reader fetches only what it reads") {
+    SchedulerOptions opt;
+    opt.readahead = false;
+    Rig rig(std::vector<uint32_t>(6, 1), opt);
+    for (size_t k = 0; k < 6; ++k) REQUIRE(rig.ensure_all({{k * 4096, 4096}})[0]);
+    CHECK(rig.backend->requests.size() == 6);
+    CHECK(rig.stats.readahead_bytes == 0);
+}
+
+TEST_CASE("scheduler: a readahead chunk that fails is left for a later read; the read asked for succeeds") {
+    Rig rig({1, 1, 4, 1});
+    REQUIRE(rig.ensure_all({{0, 4096}})[0]);
+    // Chunk 2 only comes with readahead, in the range of chunk 1; that range comes back with a
+    // byte flipped in its middle, which is in chunk 2 (four times as big as chunk 1).
+    rig.backend->corrupt_offsets.insert(uint64_t{rig.blob.dev.chunks[1].compressed_offset});
+    rig.backend->corrupt_budget = 1;
+    REQUIRE(rig.ensure_all({{4096, 4096}})[0]);
+    CHECK(rig.cache->present(1));
+    CHECK_FALSE(rig.cache->present(2));
+    CHECK(rig.backend->requests.size() == 2);
+    // Chunk 2 is fetched again (alone) for the read that wants it.
+    REQUIRE(rig.ensure_all({{2 * 4096, 4096}})[0]);
+    CHECK(rig.cache->present(2));
+    CHECK(rig.stats.verify_failures == 1);
+    CHECK(rig.backend->requests.size() == 3);
+    CHECK(rig.backend->requests.back().first == uint64_t{rig.blob.dev.chunks[2].compressed_offset});
+    CHECK(rig.file_bytes(0, 6 * 4096) == rig.blob.device.substr(0, 6 * 4096));
+}
+
 TEST_CASE("blob cache: presence survives a reopen; a replaced cache file starts over") {
     ScratchDir dir;
     MemBlob blob = make_blob({1, 2, 1});
