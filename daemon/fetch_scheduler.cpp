@@ -34,6 +34,7 @@ void FetchScheduler::add_source(std::shared_ptr<BlobCache> cache, const Descript
         b.desc = desc;
         b.state.assign(cache->chunks().size(), kIdle);
         b.attempts.assign(cache->chunks().size(), 0);
+        b.demanded.assign(cache->chunks().size(), 0);
         b.generation = next_generation_++;
         it = blobs_.emplace(cache->hex(), std::move(b)).first;
     }
@@ -87,14 +88,12 @@ void FetchScheduler::ensure(const std::string& hex, uint64_t offset, uint64_t le
     w->req_id = req_id;
     w->done = std::move(done);
     std::vector<size_t> missing;
-    size_t first_miss = span.last;
     for (size_t i = span.first; i < span.last; ++i) {
         if (b.cache->present(i)) {
             stats_.cache_hits++;
             continue;
         }
         stats_.cache_misses++;
-        first_miss = std::min(first_miss, i);
         w->remaining++;
         b.waiters[i].push_back(w);
         if (b.state[i] == kIdle) {
@@ -109,27 +108,27 @@ void FetchScheduler::ensure(const std::string& hex, uint64_t offset, uint64_t le
     }
     note_demand();
     auto runs = plan_runs(chunks, missing, opt_.max_run_bytes);
-    // The first missing chunk was busy already: in flight for an earlier read.
-    bool first_busy = missing.empty() || missing.front() != first_miss;
-    if (!runs.empty()) readahead(b, first_miss, first_busy, runs);
+    if (!runs.empty()) readahead(b, runs);
     for (const FetchRun& r : runs) queue_.push_back({hex, b.generation, r, false});
     pump();
 }
 
-void FetchScheduler::readahead(Blob& b, size_t first_miss, bool first_busy, std::vector<FetchRun>& runs) {
-    // Sequential: the read's first missing chunk is the one right after the last request, or one
-    // of its chunks still in flight (not one that failed and is asked for again).
-    bool sequential = b.stream && (first_miss == b.stream_next ||
-                                   (first_busy && first_miss >= b.stream_first && first_miss < b.stream_next));
+void FetchScheduler::readahead(Blob& b, std::vector<FetchRun>& runs) {
+    constexpr size_t kStreams = 64;  // streams remembered per blob
+    size_t first = runs.front().first;
+    // Sequential: the first chunk to fetch follows one fetched on demand: present, or in flight
+    // (then this read waits for it too and goes on where it ends).
+    bool sequential = opt_.readahead && first > 0 && b.demanded[first - 1];
     FetchRun& last = runs.back();
-    if (!opt_.readahead || !sequential) {
-        b.readahead_window = 0;
-    } else {
+    uint64_t window = 0;
+    if (sequential) {
+        auto it = b.stream_windows.find(first);
+        uint64_t before = it == b.stream_windows.end() ? 0 : it->second;
+        if (it != b.stream_windows.end()) b.stream_windows.erase(it);
         uint64_t demand = 0;
         for (const FetchRun& r : runs) demand += r.length;
-        // Starts with as much as the read itself needed, doubles on every sequential miss.
-        b.readahead_window = b.readahead_window == 0 ? std::max<uint64_t>(demand, 1)
-                                                     : std::min(opt_.max_run_bytes, 2 * b.readahead_window);
+        // Starts with as much as the read itself needed, doubles along the stream.
+        window = before == 0 ? std::max<uint64_t>(demand, 1) : std::min(opt_.max_run_bytes, 2 * before);
         auto chunks = b.cache->chunks();
         uint64_t added = 0;
         for (size_t k = last.first + last.count; k < chunks.size(); ++k) {
@@ -137,17 +136,18 @@ void FetchScheduler::readahead(Blob& b, size_t first_miss, bool first_busy, std:
             if (b.cache->present(k) || b.state[k] != kIdle) break;
             if (last.offset + last.length != c.compressed_offset) break;
             if (last.length + c.compressed_size > opt_.max_run_bytes) break;
-            if (added > 0 && added + c.compressed_size > b.readahead_window) break;
+            if (added > 0 && added + c.compressed_size > window) break;
             b.state[k] = kBusy;
             last.count++;
             last.length += c.compressed_size;
             added += c.compressed_size;
         }
-        if (added > 0) stats_.readahead_bytes += added;
+        stats_.readahead_bytes += added;
     }
-    b.stream = true;
-    b.stream_first = runs.front().first;
-    b.stream_next = last.first + last.count;
+    for (const FetchRun& r : runs)
+        for (size_t k = r.first; k < r.first + r.count; ++k) b.demanded[k] = 1;
+    b.stream_windows[last.first + last.count] = window;
+    if (b.stream_windows.size() > kStreams) b.stream_windows.erase(b.stream_windows.begin());
 }
 
 void FetchScheduler::set_prefetch(const std::string& hex, const std::string& owner, bool on) {

@@ -5,10 +5,10 @@
 //  - A range maps to chunks; present chunks are cache hits. A missing chunk is requested once:
 //    while it is queued or in flight, later asks just wait for it.
 //  - Missing chunks with adjacent frames are fetched with one range request, up to a cap.
-//  - Sequential readahead: a miss that starts where the blob's last on-demand request ended (a
-//    file read front to back) extends its last range with the missing chunks that follow, a
-//    window that doubles with every such miss up to the range cap and starts over at a miss
-//    elsewhere. A request costs a round trip, so one bigger range beats several in a row; the
+//  - Sequential readahead: a miss whose first chunk follows a chunk that was fetched on demand (a
+//    file read front to back, also while other files are read in between) extends its last
+//    range with the missing chunks that follow, a window that doubles along the stream up to the
+//    range cap. A request costs a round trip, so one bigger range beats several in a row; the
 //    chunks asked for only wait for that one range. A first or random miss reads no more.
 //  - Requests in flight are bounded per backend limit key (a registry host).
 //  - Every chunk is decompressed and checked against its sha256 before a byte is written; a chunk
@@ -107,11 +107,10 @@ private:
         std::unordered_map<size_t, std::vector<std::shared_ptr<Waiter>>> waiters;
         std::set<std::string> prefetchers;
         size_t prefetch_cursor = 0;
-        // The last on-demand request's chunks [stream_first, stream_next) and its readahead
-        // window in compressed bytes (0: the stream is not sequential yet).
-        size_t stream_first = 0, stream_next = 0;
-        bool stream = false;
-        uint64_t readahead_window = 0;
+        std::vector<uint8_t> demanded;  // per chunk: was in an on-demand request (or its readahead)
+        // Sequential streams: the chunk right after an on-demand request -> that request's
+        // readahead window in compressed bytes (0: none yet); at most 64 of them.
+        std::map<size_t, uint64_t> stream_windows;
         uint64_t generation = 0;  // tells stale completions from a re-added blob's
     };
     struct Job {
@@ -135,7 +134,7 @@ private:
     void chunk_failed(Blob& b, size_t i, const Error& e, const std::string& req_id, bool final = false);
     void finish_chunk(Blob& b, size_t i, const Result<void>& r);
     // Extends the last of an on-demand miss's runs when the miss continues a sequential stream.
-    void readahead(Blob& b, size_t first_miss, bool first_busy, std::vector<FetchRun>& runs);
+    void readahead(Blob& b, std::vector<FetchRun>& runs);
     bool next_prefetch_job(Job& out);
     bool prefetch_tokens_for(uint64_t bytes);
     bool demand_quiet();

@@ -254,6 +254,25 @@ TEST_CASE("scheduler: sequential misses read ahead in a doubling window; a rando
     CHECK(rig.file_bytes(0, rig.blob.device.size()).substr(0, 16 * 4096) == rig.blob.device.substr(0, 16 * 4096));
 }
 
+TEST_CASE("scheduler: two files read front to back at once: each stream reads ahead") {
+    Rig rig(std::vector<uint32_t>(40, 1));
+    auto read_chunk = [&](size_t k) { REQUIRE(rig.ensure_all({{k * 4096, 4096}})[0]); };
+    auto last = [&] { return chunks_of(rig.blob, rig.backend->requests.back()); };
+    using P = std::pair<size_t, size_t>;
+    read_chunk(0);
+    read_chunk(20);
+    CHECK(last() == P{20, 1});
+    read_chunk(1);
+    CHECK(last() == P{1, 2});
+    read_chunk(21);
+    CHECK(last() == P{21, 2});
+    read_chunk(3);
+    CHECK(last() == P{3, 3});
+    read_chunk(23);
+    CHECK(last() == P{23, 3});
+    CHECK(rig.backend->requests.size() == 6);
+}
+
 TEST_CASE("scheduler: readahead off: a sequential reader fetches only what it reads") {
     SchedulerOptions opt;
     opt.readahead = false;
