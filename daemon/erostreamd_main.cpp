@@ -1,6 +1,7 @@
 // erostreamd: flags, config file, logging; then the daemon (daemon.cpp) or, with the internal
 // --holder flag, the fd holder it starts for itself (holder.cpp).
 #include <fcntl.h>
+#include <malloc.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -120,6 +121,11 @@ int check_kernel_main(const DaemonConfig& cfg, bool json) {
 
 int main(int argc, char** argv) {
     if (argc >= 2 && std::string_view(argv[1]) == "--holder") return holder_main(argc, argv);
+    // Buffers of a megabyte and more (metadata blobs, manifests, range responses) come and go
+    // with mounts and reads: they get their own mappings, given back to the system when freed.
+    // glibc's default raises this threshold to the size of the first such buffer freed, after
+    // which they come from the heap and stay in the RSS, fragmented, when freed.
+    ::mallopt(M_MMAP_THRESHOLD, 1 << 20);
 
     std::string config_path;
     std::optional<std::string> cache_dir, socket, holder_socket, frontend, log_level;
