@@ -124,8 +124,8 @@ def test_32_concurrent_readers(daemon, source, stream_images, work):
 
 def test_chunk_in_flight_is_requested_once(daemon, registry, published, stream_images, proxies, work):
     """32 threads read 64 KiB blocks all over one 5 MiB file at once, through a proxy that adds
-    50 ms to every request so that the requests overlap: every chunk is fetched exactly once and
-    no byte range of the blob is requested twice."""
+    50 ms to every request so that the requests overlap: every chunk is fetched once (none twice;
+    readahead may add chunks after the file) and no byte range of the blob is requested twice."""
     img, pub = stream_images["a"], published["a"]
     proxy = proxies(registry.host)
     proxy.set_link(None, latency=0.05)
@@ -150,7 +150,11 @@ def test_chunk_in_flight_is_requested_once(daemon, registry, published, stream_i
     assert not readers.wrong(), readers.wrong()
     assert sum(o.eio for o in readers.outcomes) == 0
     s1 = daemon.stats()
-    assert delta(s1, s0, "chunks_fetched") == n_chunks, (n_chunks, s0, s1)
+    # Every chunk of the file once; more only through sequential readahead (readers that go on
+    # where another's chunk ends), which may run past the file's end into the next file's chunks.
+    extra = delta(s1, s0, "chunks_fetched") - n_chunks
+    assert extra >= 0, (n_chunks, s0, s1)
+    assert extra == 0 or delta(s1, s0, "readahead_bytes") > 0, (n_chunks, s0, s1)
     ranges = []
     for r in data_blob_requests(proxy, pub, img):
         m = re.fullmatch(r"bytes=(\d+)-(\d+)", r.headers.get("range", ""))
