@@ -19,6 +19,7 @@
 #include "daemon_config.h"
 #include "file_util.h"
 #include "holder.h"
+#include "kernel_probe.h"
 
 using namespace erostream;
 
@@ -37,9 +38,16 @@ Options:
   --cache-dir DIR        chunk cache (default /var/lib/erostream); ext4, xfs or btrfs
   --socket PATH          control socket (default /run/erostream/erostreamd.sock)
   --holder-socket PATH   where the fd holder listens (default: beside the control socket)
-  --frontend F           auto | fanotify | fscache (default auto: fanotify on this kernel)
+  --frontend F           auto | fanotify | fscache (default auto: fscache when the kernel offers
+                         it, else fanotify; --check-kernel shows the choice and why)
   --ready-fd N           write "READY\n" to fd N once the control socket accepts, then close it
   --log-level L          debug | info | warn (default info)
+  --check-kernel         print which front ends this kernel offers and what the others lack,
+                         then exit: 0 if at least one works, 1 if none (needs root to probe;
+                         with --cache-dir, probes that directory's filesystem)
+  --json                 with --check-kernel: one JSON object instead of a table
+  --kernel-config-fragment
+                         print the kernel config fragment of kmod-config/erostream.config
   -h, --help             this text
 
 SIGTERM or SIGINT: clean stop; mounts stay and the next erostreamd serves them.
@@ -97,6 +105,17 @@ int holder_main(int argc, char** argv) {
     return run_holder(cfg);
 }
 
+// --check-kernel: the same probe `--frontend auto` uses, for operators (kmod-config/check-kernel).
+int check_kernel_main(const DaemonConfig& cfg, bool json) {
+    KernelProbeOptions opts;
+    opts.cache_dir = cfg.cache_dir;
+    KernelProbe probe = probe_kernel(opts);
+    auto choice = choose_frontend(probe, cfg.frontend);
+    std::string out = json ? render_probe_json(probe, choice) : render_probe_table(probe, choice);
+    std::fputs(out.c_str(), stdout);
+    return probe.any_frontend_usable() ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -105,6 +124,7 @@ int main(int argc, char** argv) {
     std::string config_path;
     std::optional<std::string> cache_dir, socket, holder_socket, frontend, log_level;
     int ready_fd = -1;
+    bool check_kernel = false, json = false;
     for (int i = 1; i < argc; ++i) {
         std::string_view a = argv[i];
         std::string_view inline_value;
@@ -123,8 +143,16 @@ int main(int argc, char** argv) {
             std::fputs(kUsage, stdout);
             return 0;
         }
+        if (a == "--kernel-config-fragment") {
+            std::fputs(render_config_fragment().c_str(), stdout);
+            return 0;
+        }
         std::optional<std::string> v;
-        if (a == "--config") {
+        if (a == "--check-kernel") {
+            check_kernel = true;
+        } else if (a == "--json") {
+            json = true;
+        } else if (a == "--config") {
             if (!(v = value())) return usage_error("--config needs a value");
             config_path = *v;
         } else if (a == "--cache-dir") {
@@ -171,6 +199,8 @@ int main(int argc, char** argv) {
     if (frontend) cfg.frontend = *frontend;
     if (log_level) cfg.log_level = *log_level;
     if (auto v = validate_config(cfg); !v) return usage_error(v.error().what());
+    if (json && !check_kernel) return usage_error("--json goes with --check-kernel");
+    if (check_kernel) return check_kernel_main(cfg, json);
 
     init_logging("erostreamd", cfg.log_level);
     raise_fd_limit();
