@@ -479,7 +479,7 @@ Result<void> MountManager::restore(std::map<std::string, UniqueFd>& held, bool h
                 if (auto h = held.find(hex); h != held.end()) {
                     fd = std::move(h->second);
                     held.erase(h);
-                } else if (!holder_fresh) {
+                } else if (!holder_fresh && rec.frontend == "fanotify") {
                     spdlog::warn("[{}] the holder kept no fd for blob sha256:{}; opening it again", req_id, hex);
                 }
                 std::string note;
