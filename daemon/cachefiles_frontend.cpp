@@ -256,11 +256,10 @@ void CachefilesFrontend::serve_meta_read(const std::shared_ptr<Object>& obj, con
     job.src_size = obj->size;
     std::weak_ptr<bool> alive = alive_;
     job.done = [this, alive, tok, n = job.length](Result<void> w) {
-        if (!w) {
-            spdlog::error("[{}] EIO: {}", tok->req_id(), w.error().what());
-        } else if (!alive.expired()) {
-            stats_.cachefiles_bytes_written += n;
-        }
+        // Torn down: the token decides (completed, or left to the next daemon).
+        if (alive.expired()) return;
+        if (!w) spdlog::error("[{}] EIO: {}", tok->req_id(), w.error().what());
+        else stats_.cachefiles_bytes_written += n;
         tok->answer(w.has_value());
     };
     copier_.copy(std::move(job), true);
@@ -281,7 +280,8 @@ void CachefilesFrontend::serve_data_read(const std::shared_ptr<Object>& obj, con
             spdlog::error("[{}] EIO: READ {}+{} past the end of blob sha256:{}", tok->req_id(), r.off, r.len, hex);
             return tok->answer(false);
         }
-        copy_chunks(obj, span.first, span.last, true, [tok, hex](Result<void> w) {
+        copy_chunks(obj, span.first, span.last, true, [alive, tok, hex](Result<void> w) {
+            if (alive.expired()) return;
             if (!w) spdlog::error("[{}] EIO: blob sha256:{}: {}", tok->req_id(), hex, w.error().what());
             tok->answer(w.has_value());
         });
