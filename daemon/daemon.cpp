@@ -221,6 +221,8 @@ private:
         auto chosen = choose_frontend(probe, cfg_.frontend);
         if (!chosen && !kept) return std::unexpected(chosen.error());
         if (chosen) auto_ = *chosen;
+        if (chosen && cfg_.frontend != "auto")
+            auto_.reason = fmt::format("this daemon runs with --frontend {}: {}", cfg_.frontend, chosen->reason);
         // fanotify: when asked for, or with auto when the kernel offers it.
         if (cfg_.frontend == "fanotify" || (cfg_.frontend == "auto" && probe.fanotify.usable == Support::yes)) {
             if (handover.group) run_fanotify_ = true;
