@@ -2,9 +2,12 @@
 
 #include <sys/stat.h>
 
+#include "daemon_registry.h"
 #include "file_util.h"
 #include "image_source.h"
 #include "oci_layout.h"
+#include "registry/reference.h"
+#include "registry/registry_store.h"
 #include "sha256.h"
 
 namespace erostream {
@@ -114,9 +117,32 @@ Result<ResolvedArtifact> resolve_oci(const std::string& ref, const std::string& 
     return out;
 }
 
+Result<ResolvedArtifact> resolve_docker(const std::string& ref, const std::string& cache_dir, DaemonRegistry* registry) {
+    if (!registry) return fail(fmt::format("{}: this daemon has no registry access", ref), ENOTSUP);
+    auto r = parse_image_reference(ref);
+    if (!r) {
+        const std::string& m = r.error().message;
+        return fail(m.find(ref) == std::string::npos ? ref + ": " + m : m, EINVAL);
+    }
+    auto client = registry->client(r->registry);
+    if (!client) return std::unexpected(client.error().prefix(ref));
+    auto d = resolve_artifact(**client, *r, std::nullopt);
+    if (!d) {
+        Error e = d.error();
+        if (e.err == 0) e.err = EIO;  // the registry answered something we cannot use
+        return std::unexpected(e);
+    }
+    ResolvedArtifact out;
+    out.source = "docker://" + r->registry + "/" + r->repository;
+    out.store = std::make_shared<CachingStore>(std::make_shared<RegistryStore>(*client, r->repository), cache_dir);
+    out.artifact = *d;
+    return out;
+}
+
 }  // namespace
 
-Result<ResolvedArtifact> resolve_artifact_ref(const std::string& ref, const std::string& cache_dir) {
+Result<ResolvedArtifact> resolve_artifact_ref(const std::string& ref, const std::string& cache_dir,
+                                              DaemonRegistry* registry) {
     if (ref.starts_with("oci:")) {
         auto r = resolve_oci(ref, cache_dir);
         if (!r) {
@@ -126,20 +152,25 @@ Result<ResolvedArtifact> resolve_artifact_ref(const std::string& ref, const std:
         }
         return r;
     }
-    if (ref.starts_with("docker://"))
-        return fail(fmt::format("{}: registry references need the registry backend, not in this build yet", ref),
-                    ENOTSUP);
+    if (ref.starts_with("docker://")) return resolve_docker(ref, cache_dir, registry);
     return fail(fmt::format("reference '{}': expected oci:DIR:TAG, oci:DIR@sha256:HEX or docker://REGISTRY/REPO:TAG",
                             ref),
                 EINVAL);
 }
 
-Result<std::shared_ptr<CachingStore>> reopen_source(const std::string& source, const std::string& cache_dir) {
+Result<std::shared_ptr<CachingStore>> reopen_source(const std::string& source, const std::string& cache_dir,
+                                                    DaemonRegistry* registry) {
     if (source.starts_with("oci:")) {
         auto layout = OciLayout::open(source.substr(4));
         // The layout may be gone; the mount still works for everything cached.
         if (!layout) return std::make_shared<CachingStore>(nullptr, cache_dir);
         return std::make_shared<CachingStore>(std::make_shared<LayoutStore>(std::move(*layout)), cache_dir);
+    }
+    if (source.starts_with("docker://") && registry) {
+        auto [reg, repo] = EROS_TRY(split_registry_source(source));
+        auto client = registry->client(reg);  // hosts.toml and credentials: no network
+        if (!client) return std::unexpected(client.error().prefix(source));
+        return std::make_shared<CachingStore>(std::make_shared<RegistryStore>(*client, repo), cache_dir);
     }
     return failf("source '{}' cannot be reopened by this build", source);
 }

@@ -3,8 +3,10 @@
 // so that a restarted daemon brings its mounts back without the network.
 //
 // REF forms: oci:DIR:TAG / oci:DIR@sha256:HEX (a local layout; when the reference names an image
-// rather than an artifact, the artifact is found in the same layout by its subject) and, with the
-// registry backend, docker://REGISTRY/REPO:TAG or @sha256:HEX (discovery through referrers).
+// rather than an artifact, the artifact is found in the same layout by its subject) and
+// docker://REGISTRY/REPO:TAG or @sha256:HEX (an artifact named directly, or an image whose
+// artifact for this machine's platform is found through its referrers: the registry's referrers
+// API, else the sha256-<hex> tag; the same discovery as erostream-mkfs materialize).
 #pragma once
 
 #include <memory>
@@ -36,16 +38,24 @@ private:
     std::string cache_dir_;
 };
 
+class DaemonRegistry;
+
 struct ResolvedArtifact {
     std::shared_ptr<CachingStore> store;
     Descriptor artifact;      // the artifact manifest
     std::string source;       // how to reach the store again: "oci:DIR" or "docker://REG/REPO"
 };
 
-// Resolves REF to its artifact (blocking: layouts and registries are read).
-Result<ResolvedArtifact> resolve_artifact_ref(const std::string& ref, const std::string& cache_dir);
-// The store for an artifact resolved before (from a saved `source`), without resolving anything.
-Result<std::shared_ptr<CachingStore>> reopen_source(const std::string& source, const std::string& cache_dir);
+// Resolves REF to its artifact (blocking: layouts and registries are read). Errors carry an errno
+// the control API maps to its status: EINVAL for a bad reference, ENOENT when the image, tag or
+// artifact is not there, ECONNREFUSED/ETIMEDOUT/EIO when the registry cannot be reached or
+// answers nonsense. `registry` (null: docker:// refused) serves docker:// references.
+Result<ResolvedArtifact> resolve_artifact_ref(const std::string& ref, const std::string& cache_dir,
+                                              DaemonRegistry* registry);
+// The store for an artifact resolved before (from a saved `source`), without resolving anything
+// and without the network: what it holds is read from the cache first.
+Result<std::shared_ptr<CachingStore>> reopen_source(const std::string& source, const std::string& cache_dir,
+                                                    DaemonRegistry* registry);
 
 // The hex of a "sha256:<hex>" digest (validated by the parsers that produced it).
 std::string digest_hex(const std::string& digest);

@@ -6,9 +6,9 @@
 // its bytes in the cache object fails the reader with EIO: the kernel looks at the object again
 // after the completion and finds the hole.
 //
-// The one exception is a clean daemon stop with mounts left: the tokens are then released
-// without an answer (`abandon`), and the next daemon's `restore` makes the kernel send the
-// requests again.
+// The one exception is a clean daemon stop with mounts left (`abandon`): from then on failures are
+// not sent and tokens are released without an answer, and the next daemon's `restore` makes the
+// kernel send those requests again.
 #pragma once
 
 #include <cerrno>
@@ -33,10 +33,12 @@ public:
         answer(false);
     }
 
-    // ok: the bytes are in the object. Idempotent: the first call counts.
+    // ok: the bytes are in the object. Idempotent: the first call counts. A failure while the
+    // daemon stops for a restart is not sent: the next daemon gets the READ again.
     void answer(bool ok) {
         if (answered_) return;
         answered_ = true;
+        if (!ok && abandon_ && *abandon_) return;
         if (complete_) complete_(msg_id_, ok);
     }
     bool answered() const { return answered_; }
@@ -66,6 +68,7 @@ public:
     void answer(int64_t size_or_negative_errno) {
         if (answered_) return;
         answered_ = true;
+        if (size_or_negative_errno < 0 && abandon_ && *abandon_) return;
         if (reply_) reply_(msg_id_, size_or_negative_errno);
     }
     bool answered() const { return answered_; }

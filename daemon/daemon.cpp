@@ -15,6 +15,8 @@
 #include "cachefiles_device.h"
 #include "cachefiles_frontend.h"
 #include "control_server.h"
+#include "curl_multi.h"
+#include "daemon_registry.h"
 #include "event_loop.h"
 #include "fanotify_abi.h"
 #include "fanotify_frontend.h"
@@ -24,6 +26,7 @@
 #include "kernel_probe.h"
 #include "layout_backend.h"
 #include "mount_manager.h"
+#include "registry_backend.h"
 
 namespace erostream {
 
@@ -95,6 +98,13 @@ private:
         io_ = std::make_unique<ThreadPool>(cfg_.io_workers);
         sys_ = std::make_unique<ThreadPool>(2);
 
+        registry_ = std::make_unique<DaemonRegistry>(cfg_);
+        CurlMultiOptions co;
+        co.max_host_connections = cfg_.max_connections_per_host;
+        co.max_cached_connections = std::max(32u, 2 * cfg_.max_connections_per_host);
+        co.curl = registry_->options().curl;
+        curl_ = EROS_TRY(CurlMulti::create(*loop_, co));
+
         SchedulerOptions so;
         so.max_run_bytes = cfg_.max_range_bytes;
         so.max_attempts = cfg_.retry_max + 1;
@@ -119,12 +129,8 @@ private:
                                 .auto_reason = auto_.reason,
                                 .holder = *holder_,
                                 .stats = stats_,
-                                .backends = [this](const std::string& source, std::shared_ptr<CachingStore> store)
-                                    -> Result<std::shared_ptr<FetchBackend>> {
-                                    if (source.starts_with("oci:"))
-                                        return std::make_shared<LayoutBackend>(store, *io_, *loop_,
-                                                                               cfg_.max_connections_per_host);
-                                    return failf("no backend for source '{}'", source);
+                                .backends = [this](const std::string& source, std::shared_ptr<CachingStore> store) {
+                                    return make_backend(source, std::move(store));
                                 },
                                 .cache_dir = cfg_.cache_dir,
                                 .default_prefetch = cfg_.prefetch,
@@ -133,6 +139,7 @@ private:
                                         stats_.errors++;
                                         spdlog::error("[persist-{}] {}", hex.substr(0, 12), e.what());
                                     },
+                                .registry = registry_.get(),
                                 .fscache_restored = cachefiles_restored_};
         mounts_ = std::make_unique<MountManager>(deps);
         sched_->on_blob_complete = [this](const std::shared_ptr<BlobCache>& b) { mounts_->blob_complete(b); };
@@ -176,6 +183,35 @@ private:
             [this](const Error& e) { holder_lost(e); });
         server_->start();
         return {};
+    }
+
+    // One backend per source: mounts of one layout or one registry repository share it (and its
+    // cached storage URLs); the scheduler bounds requests per registry host across backends.
+    Result<std::shared_ptr<FetchBackend>> make_backend(const std::string& source, std::shared_ptr<CachingStore> store) {
+        if (source.starts_with("oci:"))
+            return std::make_shared<LayoutBackend>(store, *io_, *loop_, cfg_.max_connections_per_host);
+        if (!source.starts_with("docker://")) return failf("no backend for source '{}'", source);
+        if (auto it = registry_backends_.find(source); it != registry_backends_.end())
+            if (auto b = it->second.lock()) return std::shared_ptr<FetchBackend>(b);
+        auto [reg, repo] = EROS_TRY(split_registry_source(source));
+        auto access = registry_->access(reg);
+        if (!access) return failf("{}: the registry was not prepared (internal)", source);
+        RegistryBackendOptions o;
+        o.max_inflight = cfg_.max_connections_per_host;
+        o.retry = registry_->options().retry;
+        auto b = std::make_shared<RegistryBackend>(*loop_, *curl_, stats_, registry_->auth(), std::move(*access), repo, o);
+        std::erase_if(registry_backends_, [](const auto& kv) { return kv.second.expired(); });
+        registry_backends_[source] = b;
+        return std::shared_ptr<FetchBackend>(b);
+    }
+
+    // The counters as the API shows them: bytes the blocking registry clients received (while
+    // mounting: manifests, referrers, metadata blobs) count as fetched too.
+    Stats stats_view() {
+        stats_.mounts = mounts_->count();
+        Stats s = stats_;
+        s.bytes_fetched += registry_->bytes_received();
+        return s;
     }
 
     void holder_lost(const Error& e) {
@@ -291,13 +327,11 @@ private:
         }
         if (p == "/v1/stats") {
             if (req.method != "GET") return json_err(405, "use GET");
-            stats_.mounts = mounts_->count();
-            return respond(200, "application/json", stats_json(stats_));
+            return respond(200, "application/json", stats_json(stats_view()));
         }
         if (p == "/metrics") {
             if (req.method != "GET") return json_err(405, "use GET");
-            stats_.mounts = mounts_->count();
-            return respond(200, "text/plain; version=0.0.4", stats_prometheus(stats_));
+            return respond(200, "text/plain; version=0.0.4", stats_prometheus(stats_view()));
         }
         if (p == "/v1/mounts") {
             if (req.method == "GET") return json_ok(mounts_->list());
@@ -345,8 +379,14 @@ private:
     void shutdown() {
         if (server_) server_->stop();
         // READs still open stay with the kernel for the next daemon (`restore`), unless nothing
-        // is mounted any more.
+        // is mounted any more; failures from here on complete none of them.
         if (cachefiles_ && mounts_->count() > 0) cachefiles_->leave_pending_to_next_daemon();
+        // Registry requests in flight fail now, so that every reader waiting on one is answered
+        // (the scheduler sees the failure; nothing wrong is written).
+        const std::string why = "erostreamd is stopping";
+        for (auto& [source, weak] : registry_backends_)
+            if (auto b = weak.lock()) b->shutdown(why);
+        if (curl_) curl_->shutdown(why);
         loop_->drain(std::chrono::milliseconds(5000));
         mounts_->sync_all();
         if (mounts_->count() == 0) {
@@ -365,6 +405,10 @@ private:
     std::unique_ptr<HolderLink> holder_;
     std::unique_ptr<EventLoop> loop_;
     std::unique_ptr<ThreadPool> cpu_, io_, sys_;
+    std::unique_ptr<DaemonRegistry> registry_;
+    // Before the scheduler and the mounts: their registry backends use it until they are gone.
+    std::unique_ptr<CurlMulti> curl_;
+    std::map<std::string, std::weak_ptr<RegistryBackend>> registry_backends_;
     std::unique_ptr<FetchScheduler> sched_;
     FrontendChoice auto_;
     bool run_fanotify_ = false;

@@ -37,9 +37,9 @@ struct DaemonConfig {
     unsigned holder_deny_after_ms = 30000;
 
     // [registry]
-    std::string docker_config;  // empty: $DOCKER_CONFIG/config.json, else ~/.docker/config.json
+    std::string docker_config;  // empty: the usual auth files (credentials.h default_auth_files)
     std::string hosts_dir = "/etc/containerd/certs.d";
-    std::vector<std::string> insecure_registries;  // hosts reached over plain http
+    std::vector<std::string> insecure_registries;  // TLS not verified, plain http allowed
     std::string http_proxy, https_proxy, no_proxy;  // empty: from the environment
 
     std::string holder_socket_path() const;

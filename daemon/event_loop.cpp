@@ -95,7 +95,8 @@ void EventLoop::cancel(uint64_t id) {
 
 void EventLoop::arm_watch(uint64_t id, Op& op) {
     io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_poll_multishot(sqe, op.fd, op.events);
+    if (op.level) io_uring_prep_poll_add(sqe, op.fd, op.events);
+    else io_uring_prep_poll_multishot(sqe, op.fd, op.events);
     io_uring_sqe_set_data64(sqe, id);
 }
 
@@ -104,6 +105,19 @@ uint64_t EventLoop::watch_fd(int fd, unsigned events, std::function<void(int rev
     op->kind = Kind::Watch;
     op->fd = fd;
     op->events = events;
+    op->done = [fn = std::move(fn)](int res, uint32_t) { fn(res); };
+    Op& ref = *op;
+    uint64_t id = add_op(std::move(op));
+    arm_watch(id, ref);
+    return id;
+}
+
+uint64_t EventLoop::watch_fd_level(int fd, unsigned events, std::function<void(int revents)> fn) {
+    auto op = std::make_unique<Op>();
+    op->kind = Kind::Watch;
+    op->fd = fd;
+    op->events = events;
+    op->level = true;
     op->done = [fn = std::move(fn)](int res, uint32_t) { fn(res); };
     Op& ref = *op;
     uint64_t id = add_op(std::move(op));
@@ -205,7 +219,8 @@ void EventLoop::dispatch(uint64_t id, int res, uint32_t flags) {
         auto done = op.done;
         done(res, 0);
         if (!more) {
-            // The kernel ended the multishot poll; keep watching unless the owner cancelled.
+            // The kernel ended the multishot poll (or a level watch's one-shot poll fired); keep
+            // watching unless the owner cancelled.
             auto again = ops_.find(id);
             if (again == ops_.end()) return;
             if (again->second->cancelled) {

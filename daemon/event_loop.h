@@ -47,6 +47,11 @@ public:
     // Calls fn(revents) whenever fd is ready for `events` (POLLIN...), until cancel(id). A
     // negative revents is an error from the kernel; the watch is then over.
     uint64_t watch_fd(int fd, unsigned events, std::function<void(int revents)> fn);
+    // The same, level-triggered: a one-shot poll armed again after each callback, so an fd that
+    // is still ready (its owner read only part of what is buffered) is reported again. A
+    // multishot poll reports wake-ups, not readiness; libcurl reads one buffer per call and
+    // needs this.
+    uint64_t watch_fd_level(int fd, unsigned events, std::function<void(int revents)> fn);
 
     // Runs fn once after `delay`, unless cancel(id) comes first.
     uint64_t add_timer(std::chrono::nanoseconds delay, std::function<void()> fn);
@@ -77,6 +82,7 @@ private:
         // Watch: what to re-arm.
         int fd = -1;
         unsigned events = 0;
+        bool level = false;  // one-shot poll, re-armed after each callback
         // Timer: the kernel reads the timespec at submission; it lives as long as the op.
         __kernel_timespec ts{};
     };

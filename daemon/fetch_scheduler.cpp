@@ -227,6 +227,7 @@ void FetchScheduler::issue(Blob& b, Job job) {
                   job.prefetch ? " (prefetch)" : "");
     std::weak_ptr<bool> alive = alive_;
     Job copy = job;
+    copy.backend_retried = backend->retries_itself();
     backend->fetch_range(b.desc, job.run.offset, job.run.length, req_id,
                          [this, alive, copy, key, req_id](Result<std::string> data) {
                              if (alive.expired()) return;
@@ -248,7 +249,8 @@ void FetchScheduler::on_range(const Job& job, Result<std::string> data, const st
         Error e = data.error();
         e.prefix(fmt::format("range {}+{} of blob sha256:{}", job.run.offset, job.run.length, job.hex));
         spdlog::warn("[{}] {}", req_id, e.what());
-        for (size_t k = 0; k < job.run.count; ++k) chunk_failed(*b, job.run.first + k, e, job.prefetch, req_id);
+        for (size_t k = 0; k < job.run.count; ++k)
+            chunk_failed(*b, job.run.first + k, e, job.prefetch, req_id, job.backend_retried);
         return;
     }
     stats_.bytes_fetched += data->size();
@@ -299,8 +301,7 @@ void FetchScheduler::on_decoded(const std::string& hex, uint64_t generation, siz
             stats_.errors++;
             spdlog::error("[{}] {}", req_id, r.error().what());
             // A cache file that cannot be written will not get better by fetching again.
-            b->attempts[i] = static_cast<uint8_t>(opt_.max_attempts);
-            chunk_failed(*b, i, r.error(), prefetch, req_id);
+            chunk_failed(*b, i, r.error(), prefetch, req_id, true);
             return;
         }
         stats_.chunks_fetched++;
@@ -315,10 +316,11 @@ void FetchScheduler::on_decoded(const std::string& hex, uint64_t generation, siz
     });
 }
 
-void FetchScheduler::chunk_failed(Blob& b, size_t i, const Error& e, bool prefetch, const std::string& req_id) {
+void FetchScheduler::chunk_failed(Blob& b, size_t i, const Error& e, bool prefetch, const std::string& req_id,
+                                  bool final) {
     unsigned tries = ++b.attempts[i];
     bool wanted = b.waiters.count(i) > 0;
-    if (tries < opt_.max_attempts && (wanted || !prefetch)) {
+    if (!final && tries < opt_.max_attempts && (wanted || !prefetch)) {
         stats_.retries++;
         auto delay = std::min(opt_.retry_cap, opt_.retry_base * (1u << std::min(tries - 1, 16u)));
         std::string hex = b.cache->hex();
@@ -342,8 +344,11 @@ void FetchScheduler::chunk_failed(Blob& b, size_t i, const Error& e, bool prefet
         b.attempts[i] = 0;
         return;
     }
-    spdlog::error("[{}] blob sha256:{} chunk {}: giving up after {} tries: {}", req_id, b.cache->hex(), i, tries,
-                  e.what());
+    if (final)
+        spdlog::error("[{}] blob sha256:{} chunk {}: failed: {}", req_id, b.cache->hex(), i, e.what());
+    else
+        spdlog::error("[{}] blob sha256:{} chunk {}: giving up after {} tries: {}", req_id, b.cache->hex(), i, tries,
+                      e.what());
     finish_chunk(b, i, std::unexpected(e));
 }
 

@@ -8,6 +8,8 @@
 //  - Requests in flight are bounded per backend limit key (a registry host).
 //  - Every chunk is decompressed and checked against its sha256 before a byte is written; a chunk
 //    that fails is fetched again (it is never written), up to max_attempts, then its waiters fail.
+//    A failed range is tried again the same way, unless its backend retries by itself (the
+//    registry backend does, with backoff and Retry-After): then the failure is final.
 //  - Prefetch fills whole blobs in the background, one request at a time under a bandwidth cap,
 //    and only while no on-demand request is waiting: kernel reads always go first.
 #pragma once
@@ -101,6 +103,9 @@ private:
         uint64_t generation = 0;
         FetchRun run;
         bool prefetch = false;
+        // The backend retried transient failures itself: a failed range is final (a chunk that
+        // fails verification is still fetched again).
+        bool backend_retried = false;
     };
 
     void pump();
@@ -109,7 +114,9 @@ private:
     void on_range(const Job& job, Result<std::string> data, const std::string& req_id);
     void on_decoded(const std::string& hex, uint64_t generation, size_t i, Result<std::string> bytes,
                     bool prefetch, const std::string& req_id);
-    void chunk_failed(Blob& b, size_t i, const Error& e, bool prefetch, const std::string& req_id);
+    // `final`: trying again cannot help (the backend retried already; the cache cannot be written).
+    void chunk_failed(Blob& b, size_t i, const Error& e, bool prefetch, const std::string& req_id,
+                      bool final = false);
     void finish_chunk(Blob& b, size_t i, const Result<void>& r);
     bool next_prefetch_job(Job& out);
     bool prefetch_tokens_for(uint64_t bytes);

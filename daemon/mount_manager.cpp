@@ -6,6 +6,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <atomic>
+
 #include "file_util.h"
 #include "holder_protocol.h"
 
@@ -239,14 +241,19 @@ void MountManager::do_mount(MountRequest req, std::string req_id, Reply reply, s
         std::map<std::string, std::shared_ptr<BlobCache>> opened;
     };
     std::string cache_dir = d_.cache_dir, blobs_dir = this->blobs_dir(), ref = req.ref, point = *mp;
+    DaemonRegistry* registry = d_.registry;
+    // Set once the request itself was found sound: later failures (fetching, verifying, cache
+    // files) count in the error statistics.
+    auto fetching = std::make_shared<std::atomic<bool>>(false);
     hop(
         d_.sys, d_.loop, alive_,
-        [cache_dir, blobs_dir, ref, point, known, held, req_id]() -> Result<std::shared_ptr<Prep>> {
+        [cache_dir, blobs_dir, ref, point, known, held, req_id, registry, fetching]() -> Result<std::shared_ptr<Prep>> {
             struct stat st{};
             if (::stat(point.c_str(), &st) != 0) return fail_errno("mountpoint " + point);
             if (!S_ISDIR(st.st_mode)) return fail(fmt::format("mountpoint {} is not a directory", point), ENOTDIR);
+            fetching->store(true);
             auto p = std::make_shared<Prep>();
-            p->src = EROS_TRY(resolve_artifact_ref(ref, cache_dir));
+            p->src = EROS_TRY(resolve_artifact_ref(ref, cache_dir, registry));
             auto a = load_artifact(*p->src.store, p->src.artifact);
             if (!a) {
                 Error e = a.error();
@@ -268,8 +275,11 @@ void MountManager::do_mount(MountRequest req, std::string req_id, Reply reply, s
             }
             return p;
         },
-        [this, m, finish, req_id, fe = *fe](Result<std::shared_ptr<Prep>> prep) mutable {
-            if (!prep) return finish(std::unexpected(prep.error()));
+        [this, m, finish, req_id, fetching, fe = *fe](Result<std::shared_ptr<Prep>> prep) mutable {
+            if (!prep) {
+                if (fetching->load() && prep.error().err != EINVAL) d_.stats.errors++;
+                return finish(std::unexpected(prep.error()));
+            }
             Prep& p = **prep;
             m->store = p.src.store;
             m->artifact = std::move(p.art);
@@ -467,7 +477,7 @@ Result<void> MountManager::restore(std::map<std::string, UniqueFd>& held, bool h
         m->rec = rec;
         std::string req_id = "restore-" + m->id;
         auto served = [&]() -> Result<void> {
-            m->store = EROS_TRY(reopen_source(rec.source, d_.cache_dir));
+            m->store = EROS_TRY(reopen_source(rec.source, d_.cache_dir, d_.registry));
             auto a = load_artifact(*m->store, rec.artifact);
             if (!a) return std::unexpected(a.error().prefix("artifact " + rec.artifact.digest));
             m->artifact = std::make_unique<Artifact>(std::move(*a));

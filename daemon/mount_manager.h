@@ -62,6 +62,7 @@ public:
         std::string cache_dir;
         std::string default_prefetch = "all";
         std::function<void(const std::string& hex, const Error&)> persist_error;
+        DaemonRegistry* registry = nullptr;  // docker:// references; null: refused
         // The cachefiles device came from the holder: the kernel still has the cache the
         // recorded fscache mounts use.
         bool fscache_restored = false;

@@ -8,11 +8,17 @@
 namespace erostream {
 
 struct Stats {
-    uint64_t bytes_fetched = 0;   // bytes received from registries (or layouts) since start
+    // Response body bytes received from registries (or read from layouts) since start: data
+    // ranges (every try, also the ones that failed or were thrown away), and what mounting read
+    // from registries (manifests, referrers, metadata blobs). The scheduler counts the ranges it
+    // is handed, a backend whatever else it received; the blocking clients' bytes are added when
+    // the counters are shown.
+    uint64_t bytes_fetched = 0;
     uint64_t chunks_fetched = 0;  // chunks verified and written to a cache
     uint64_t cache_hits = 0;      // chunks a kernel read needed that were present
     uint64_t cache_misses = 0;    // chunks a kernel read needed that were not
-    uint64_t errors = 0;          // failed fetches, verifications, writes, syncs
+    uint64_t errors = 0;          // failed fetches (ranges, and mounts that could not fetch their
+                                  // artifact), verifications, writes, syncs
     uint64_t events = 0;          // kernel access events answered
     uint64_t events_denied = 0;   // ... of which denied (EIO)
     uint64_t prefetch_bytes = 0;  // of bytes_fetched, fetched by background prefetch

@@ -117,6 +117,10 @@ TransportErrorKind kind_of(CURLcode c, bool got_headers) {
 
 }  // namespace
 
+TransportErrorKind curl_error_kind(int curl_code, bool got_headers) {
+    return kind_of(static_cast<CURLcode>(curl_code), got_headers);
+}
+
 std::string select_proxy(const Url& url, const std::function<const char*(const char*)>& getenv_fn) {
     auto env = [&](const char* name) -> std::string {
         const char* v = getenv_fn ? getenv_fn(name) : std::getenv(name);

@@ -37,6 +37,10 @@ struct CurlOptions {
 // case is honoured too (this is no CGI program, which is why libcurl ignores it).
 std::string select_proxy(const Url& url, const std::function<const char*(const char*)>& getenv);
 
+// What a libcurl result code (a CURLcode, as int so that this header needs no curl.h) means for
+// retries: `got_headers` tells a body cut short from a request that never got an answer.
+TransportErrorKind curl_error_kind(int curl_code, bool got_headers);
+
 class CurlTransport final : public HttpTransport {
 public:
     explicit CurlTransport(CurlOptions opt = {});

@@ -92,19 +92,22 @@ Result<Descriptor> resolve_artifact(RegistryClient& client, const ImageReference
                 match = m.digest;
         }
         if (!match)
-            return failf("{}: the index has no manifest for platform {} (it has: {})", where, want.str(),
-                         have.empty() ? "none" : have);
+            return fail(fmt::format("{}: the index has no manifest for platform {} (it has: {})", where, want.str(),
+                                    have.empty() ? "none" : have),
+                        ENOENT);
         subject = *match;
     } else {
         return failf("{}: unexpected manifest media type '{}'", where, top.media_type);
     }
     auto refs = EROS_TRY(client.referrers(ref.repository, subject, media_type::kErostreamArtifact));
     if (refs.descriptors.empty())
-        return failf("{}: no erostream artifact refers to image {} ({}); convert it first "
-                     "(erostream-mkfs convert {} docker://{}/{})",
-                     where, subject, refs.from_fallback_tag ? "tag " + referrers_tag(subject) + " is absent or empty"
-                                                            : "the referrers API lists none",
-                     where, ref.registry, ref.repository);
+        return fail(fmt::format("{}: no erostream artifact refers to image {} ({}); convert it first "
+                                "(erostream-mkfs convert {} docker://{}/{})",
+                                where, subject,
+                                refs.from_fallback_tag ? "tag " + referrers_tag(subject) + " is absent or empty"
+                                                       : "the referrers API lists none",
+                                where, ref.registry, ref.repository),
+                    ENOENT);
     // Newest by creation time when the descriptors say, else the last listed.
     const ReferrerDescriptor* best = &refs.descriptors.back();
     for (const auto& r : refs.descriptors) {

@@ -990,13 +990,15 @@ class Published:
         return rf"^/v2/{re.escape(self.repo)}/blobs/{re.escape(digest)}$"
 
 
-def publish(registry_host: str, img: StreamImage, repo: str, tmp: Path, *, referrers_tag: bool = True) -> Published:
+def publish(registry_host: str, img: StreamImage, repo: str, tmp: Path, *, referrers_tag: bool = True,
+            creds: tuple[str, str] | None = None) -> Published:
     """The source image pushed with skopeo (byte-identical, --preserve-digests), the artifact
     uploaded with the tests' own registry client (so that pull-side tests do not depend on
     erostream-mkfs's push), and, with referrers_tag, the referrers tag-schema index (tag
-    sha256-<hex of the image digest>) that discovery reads on a registry without referrers API."""
-    push_oci(img.layout, img.tag, registry_host, repo, dest_tag=img.tag, env=skopeo_env(tmp))
-    c = RegistryClient(registry_host)
+    sha256-<hex of the image digest>) that discovery reads on a registry without referrers API.
+    creds: (user, password) for a registry with authentication."""
+    push_oci(img.layout, img.tag, registry_host, repo, dest_tag=img.tag, creds=creds, env=skopeo_env(tmp))
+    c = RegistryClient(registry_host, creds)
     m = img.artifact_manifest
     for d in [m["config"], *m["layers"]]:
         data = lib.blob_path(img.artifact_layout, d["digest"]).read_bytes()

@@ -103,6 +103,29 @@ def test_sigkill_twice_and_a_read_waiting_across_the_restart(daemon, source, str
     daemon.health()
 
 
+def test_sigterm_while_registry_reads_wait(daemon, registry, published, stream_images, proxies, work):
+    """SIGTERM while readers wait for a slow registry: the daemon cancels its transfers, answers
+    every waiting read (right bytes or EIO, never wrong bytes, no reader left hanging) and exits 0
+    at once; the next daemon serves the mount."""
+    img = stream_images["a"]
+    proxy, mnt = shaped_mount(daemon, registry, published, proxies, work, bytes_per_second=1e6)
+    readers = start_readers(img, mnt, 8)
+    assert readers.first_block.wait(120), "no reader finished a file within 120 s"
+    assert sum(t.is_alive() for t in readers.threads) > 0, "all readers were done before the stop"
+    import time
+    t0 = time.monotonic()
+    code = daemon.stop()
+    took = time.monotonic() - t0
+    assert code == 0, f"exit status {code} after SIGTERM\n{daemon.log_digest()}"
+    assert took < 10, f"the daemon took {took:.1f} s to stop with registry reads in flight\n{daemon.log_digest()}"
+    daemon.start()
+    proxy.set_link(None)
+    readers.join()
+    assert not readers.wrong(), readers.wrong()
+    assert_contents_match(img, mnt, drop_cache=True)
+    daemon.health()
+
+
 def test_sigterm_keeps_mounts_and_presence(daemon, source, stream_images, work):
     """A clean stop exits 0 and unmounts nothing; the next daemon serves the mount, and the
     chunks fetched before the stop are not fetched again (presence survived)."""

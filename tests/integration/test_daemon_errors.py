@@ -107,6 +107,21 @@ def test_registry_errors(with_other_mount, registry, published, stream_images, w
         d.health()
     s = d.stats()
     assert s["errors"] >= 1, s
+    # The control API's statuses: a bad reference is the client's fault (400), an image without
+    # artifact is not found (404, saying how to make one), an unreachable registry is a bad
+    # gateway (502, naming the host and what went wrong).
+    for ref, status, words, what in [
+        (f"docker://{registry.host}/Bad_Repo:x", 400, ("Bad_Repo", "reference"), "bad repository name"),
+        (f"docker://{registry.host}/{bare}:{img.tag}", 404, ("erostream-mkfs convert",), "image without artifact"),
+        (f"docker://127.0.0.1:{port}/daemon/a:a", 502, (f"127.0.0.1:{port}",), "unreachable registry"),
+    ]:
+        r = d.api("POST", "/v1/mounts", {"ref": ref, "mountpoint": str(mnt), "prefetch": "none"})
+        assert r.status == status, f"{what}: POST /v1/mounts {ref}: {r.status} {r.text}"
+        err = r.json()["error"]
+        assert all(w in err for w in words), f"{what}: the error names not all of {words}: {err}"
+        assert not lib.is_mountpoint(mnt), f"{what}: left a mount"
+    assert "refused" in d.api("POST", "/v1/mounts", {"ref": f"docker://127.0.0.1:{port}/daemon/a:a",
+                                                     "mountpoint": str(mnt)}).json()["error"].lower()
     other_mount_still_works(d, img, other)
 
 
@@ -143,25 +158,29 @@ def test_daemon_not_running(daemon, work):
     assert_clear_error(daemon, r, (str(daemon.socket), "connect", "erostreamd"), "no daemon")
 
 
-def test_full_cache_disk(daemons, stream_images, work):
+def test_full_cache_disk(daemons, source, stream_images, work):
     """A 64 MiB ext4 cache disk: image a is mounted and read (cached); the disk is then filled.
     Mounting image b fails with a message naming the lack of space, or its reads fail with EIO,
-    never with wrong bytes; image a keeps working; once space is back, b reads correctly."""
+    never with wrong bytes; image a keeps working; once space is back, b reads correctly. From
+    local layouts and from the registry."""
     a, b = stream_images["a"], stream_images["b"]
     fs = LoopExt4(work / "cache.ext4", work / "cache", 64 << 20)
     with fs:
         d = daemons(fs.mountpoint, name="small")
         try:
             ma, mb = work / "ma", work / "mb"
-            d.mount(a.artifact_ref, ma, prefetch="none")
+            d.mount(source("a"), ma, prefetch="none")
             assert_contents_match(a, ma, drop_cache=False)
             filler = fill_disk(fs.mountpoint)
             assert free_bytes(fs.mountpoint) < 64 << 10
             s0 = d.stats()
-            r = d.mount(b.artifact_ref, mb, prefetch="none", ok=False)
+            r = d.mount(source("b"), mb, prefetch="none", ok=False)
             failed_reads = 0
             if r.returncode != 0:
                 assert_clear_error(d, r, ("space", "ENOSPC", "full"), "mount with a full cache disk")
+                assert not lib.is_mountpoint(mb)
+                api = d.api("POST", "/v1/mounts", {"ref": source("b"), "mountpoint": str(mb), "prefetch": "none"})
+                assert api.status == 507, f"a full cache disk is 507 Insufficient Storage: {api.status} {api.text}"
                 assert not lib.is_mountpoint(mb)
             else:
                 for rel in b.regular_files("app/") + b.regular_files("data/"):
@@ -175,7 +194,7 @@ def test_full_cache_disk(daemons, stream_images, work):
 
             filler.unlink()
             if not lib.is_mountpoint(mb):
-                d.mount(b.artifact_ref, mb, prefetch="none")
+                d.mount(source("b"), mb, prefetch="none")
             assert_contents_match(b, mb, drop_cache=True)
             lib.assert_same_tree(b.reference, mb, skip_mtime=b.skip_mtime)
             other_mount_still_works(d, a, ma)

@@ -7,13 +7,15 @@ digest-pinned artifact reference."""
 from __future__ import annotations
 
 import json
+import re
+import urllib.parse
 
 import pytest
 
 import erostream_testlib as lib
 from daemon_fixtures import *  # noqa: F401,F403
-from daemon_fixtures import (assert_contents_match, assert_tree_matches, daemon_env, log_tail, push_oci,
-                             skopeo_env)
+from daemon_fixtures import (assert_contents_match, assert_tree_matches, checked_read, daemon_env, log_tail,
+                             push_oci, skopeo_env)
 
 pytestmark = [pytest.mark.kernel, pytest.mark.daemon]
 
@@ -126,3 +128,101 @@ def test_mount_from_registry_after_mkfs_push(daemon, registry, stream_images, mk
         assert_tree_matches(img, mnt)
         daemon.umount(mnt)
     assert daemon.health()["status"] == "ok", daemon.log_digest()
+
+
+def test_mount_with_token_auth_and_storage_redirects(daemons, stream_images, proxies, work, docker_config_dir):
+    """A registry with token auth (Debian's docker-registry + the tests' token server), the
+    credentials in DOCKER_CONFIG, and blob GETs answered with redirects to a storage host with
+    signed URLs (the fault proxy, as ACR and Docker Hub do): the mount resolves and reads through
+    bearer tokens, the storage host never sees an Authorization header, signed URLs are reused,
+    and when they expire the daemon goes back to the registry for new ones."""
+    from daemon_fixtures import DockerRegistry, publish, reg_tools
+    from registry.fault_proxy import Rule
+    from registry.token_server import TokenServer
+    img = stream_images["a"]
+    user = ("tokenuser", "tokenpass")
+    with TokenServer(work / "token", users={user[0]: user[1]}) as ts, \
+            DockerRegistry(work / "reg", auth="token", token_server=ts) as reg:
+        publish(reg.host, img, "auth/a", work, creds=user)
+        proxy = proxies(reg.host)
+        blobs = "|".join(re.escape(d["digest"]) for d in img.data_blobs)
+        proxy.set_rules([Rule("redirect", method="GET", path=rf"/blobs/({blobs})$", ttl=600)])
+        reg_tools.write_docker_config(docker_config_dir, auths={proxy.host: user})
+        d = daemons()
+        ts.clear()
+        mnt = work / "mnt"
+        ref = f"docker://{proxy.host}/auth/a:{img.tag}"
+        d.mount(ref, mnt, prefetch="none")
+        assert d.mount_info(mnt)["artifact"] == img.artifact_digest
+        files = img.regular_files("data/")
+        half = len(files) // 2
+        for rel in files[:half]:
+            o = checked_read(mnt / rel, img.expected(rel))
+            assert o.clean and o.eio == 0, f"/{rel}: {o}\n{d.log_digest()}"
+        assert ts.count() >= 1, "no token was issued: did the daemon authenticate at all?"
+        storage = proxy.requests(listener="storage", method="GET")
+        assert storage, "no blob bytes came from the storage host: were the redirects followed?"
+        assert all(r.status in (200, 206) for r in storage), [(r.path, r.status) for r in storage]
+        assert not proxy.violations, proxy.violations
+        redirects = proxy.requests(method="GET", path=rf"/blobs/({blobs})$", status=307)
+        # Signed URLs are reused for later ranges of the same blob: fewer redirects than ranges.
+        assert 1 <= len(redirects) < len(storage), (len(redirects), len(storage))
+
+        # Expired signed URLs: the storage host refuses them, the daemon asks the registry again.
+        proxy.expire_signed_urls()
+        proxy.reset_records()
+        for rel in files[half:] + img.regular_files("app/"):
+            o = checked_read(mnt / rel, img.expected(rel))
+            assert o.clean and o.eio == 0, f"/{rel}: {o}\n{d.log_digest()}"
+        assert proxy.requests(listener="storage", status=403), "the expired URLs were not tried"
+        assert proxy.requests(method="GET", path=rf"/blobs/({blobs})$", status=307), "no new redirect"
+        assert not proxy.violations, proxy.violations
+        assert_tree_matches(img, mnt)
+        d.umount(mnt)
+        d.stop()
+
+
+def test_registry_settings_from_the_config_file(daemons, registry, published, stream_images, proxies, work):
+    """The [registry] section of erostreamd's config file: a hosts.toml mirror (hosts_dir) serves
+    manifests and the blob ranges (asked with ?ns=REGISTRY), the registry itself is not asked for them;
+    http_proxy sends every request (mounting and ranges) through an HTTP proxy."""
+    from daemon_fixtures import reg_tools
+    img, pub = stream_images["a"], published["a"]
+    blobs = "|".join(re.escape(d["digest"]) for d in img.data_blobs)
+    origin = proxies(registry.host, name="origin")
+    mirror = proxies(registry.host, name="mirror")
+    hosts = work / "certs.d"
+    reg_tools.write_hosts_toml(hosts, origin.host, origin.url, [(mirror.url, ["pull", "resolve"])])
+    cfg = work / "mirror.toml"
+    cfg.write_text(f'[registry]\nhosts_dir = "{hosts}"\n')
+    d = daemons(name="mirrored", extra_args=["--config", str(cfg)])
+    mnt = work / "m1"
+    d.mount(pub.image_ref(origin.host), mnt, prefetch="none")
+    for rel in ("data/f04", "app/g01"):
+        o = checked_read(mnt / rel, img.expected(rel))
+        assert o.clean and o.eio == 0, f"/{rel}: {o}\n{d.log_digest()}"
+    ranges = mirror.requests(method="GET", path=rf"/blobs/({blobs})$")
+    assert ranges, "no blob range came from the mirror"
+    assert all(urllib.parse.parse_qs(r.query).get("ns") == [origin.host] for r in ranges), [r.query for r in ranges]
+    assert all("range" in r.headers for r in ranges)
+    # Only the referrers API may be asked at the origin (the mirror has none: the client then
+    # asks upstream before it falls back to the tag schema); manifests and blobs come from the mirror.
+    asked = [(r.method, r.path) for r in origin.requests() if "/referrers/" not in r.path]
+    assert asked == [], asked
+    d.umount(mnt)
+    d.stop()
+
+    # An HTTP proxy: requests in absolute form, for the blocking path and the loop alike.
+    web_proxy = proxies(registry.host, name="web-proxy")
+    cfg = work / "proxy.toml"
+    cfg.write_text(f'[registry]\nhosts_dir = ""\nhttp_proxy = "{web_proxy.url}"\n')
+    d = daemons(name="proxied", extra_args=["--config", str(cfg)])
+    d.mount(pub.image_ref(), mnt, prefetch="none")
+    o = checked_read(mnt / "data/f06", img.expected("data/f06"))
+    assert o.clean and o.eio == 0, f"{o}\n{d.log_digest()}"
+    recs = web_proxy.requests()
+    assert any("/manifests/" in r.path for r in recs), [(r.method, r.path) for r in recs]
+    assert any(re.search(rf"/blobs/({blobs})$", r.path) and "range" in r.headers for r in recs), \
+        [(r.method, r.path) for r in recs]
+    assert all(r.proxy_form for r in recs), [(r.path, r.proxy_form) for r in recs]
+    d.umount(mnt)

@@ -93,7 +93,7 @@ public:
     }
     unsigned max_inflight() const override { return max; }
     std::string limit_key() const override { return "mem"; }
-    bool retries_itself() const override { return false; }
+    bool retries_itself() const override { return retries; }
     void release_held() {
         auto h = std::move(held);
         held.clear();
@@ -107,6 +107,7 @@ public:
     bool hold = false;
     std::vector<std::function<void()>> held;
     unsigned max = 4;
+    bool retries = false;  // a backend that retries by itself (the registry backend)
 
 private:
     const MemBlob& blob_;

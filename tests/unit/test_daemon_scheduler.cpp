@@ -222,3 +222,25 @@ TEST_CASE("blob cache: presence survives a reopen; a replaced cache file starts 
         CHECK_FALSE(c->present(0));
     }
 }
+
+TEST_CASE("scheduler: a backend that retries by itself: a failed range is final, a bad chunk is fetched again") {
+    Rig rig({2, 2});
+    rig.backend->retries = true;
+    rig.backend->fail_next = 1;
+    auto r = rig.ensure_all({{0, 4096}});
+    CHECK_FALSE(r[0]);
+    CHECK(rig.backend->requests.size() == 1);  // no second try on top of the backend's own
+    CHECK_FALSE(rig.cache->present(0));
+    // A later read starts over.
+    r = rig.ensure_all({{0, 4096}});
+    CHECK(r[0]);
+    CHECK(rig.backend->requests.size() == 2);
+    // Verification failures are the scheduler's to retry, whoever fetched the bytes.
+    rig.backend->corrupt_offsets.insert(uint64_t{rig.blob.dev.chunks[1].compressed_offset});
+    rig.backend->corrupt_budget = 1;
+    r = rig.ensure_all({{2 * 4096, 4096}});
+    REQUIRE(r[0]);
+    CHECK(rig.backend->requests.size() == 4);
+    CHECK(rig.stats.verify_failures == 1);
+    CHECK(rig.file_bytes(2 * 4096, 2 * 4096) == rig.blob.device.substr(2 * 4096, 2 * 4096));
+}
