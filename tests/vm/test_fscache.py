@@ -87,6 +87,29 @@ def test_mount_is_the_image(fsdaemon, vm_images, work):
     assert "D" + meta_hex(img) in objs, objs
 
 
+def test_same_image_mounted_twice(fsdaemon, vm_images, work):
+    """The kernel wants a primary fsid once per domain: the second mount of one artifact gets
+    fsid <hex>-2 (after EEXIST), and both mounts read the same bytes, fetched once."""
+    img = vm_images["a"]
+    m1, m2 = work / "m1", work / "m2"
+    fsdaemon.mount(img.artifact_ref, m1, prefetch="none", frontend="fscache")
+    fsdaemon.mount(img.artifact_ref, m2, prefetch="none", frontend="fscache")
+    assert f"fsid={meta_hex(img)}," in erofs_mount_options(m1) + ","
+    assert f"fsid={meta_hex(img)}-2," in erofs_mount_options(m2) + ","
+    rel = "data/f07"
+    o = checked_read(m1 / rel, img.expected(rel))
+    assert o.clean and o.eio == 0, o
+    s1 = fsdaemon.stats()
+    o = checked_read(m2 / rel, img.expected(rel), drop_cache=True)
+    assert o.clean and o.eio == 0, o
+    s2 = fsdaemon.stats()
+    assert delta(s2, s1, "chunks_fetched") == 0, (s1, s2)
+    fsdaemon.umount(m1)
+    o = checked_read(m2 / "etc/mid.bin", img.expected("etc/mid.bin"))
+    assert o.clean and o.eio == 0, o
+    fsdaemon.umount(m2)
+
+
 def test_prefetch_none_fetches_only_what_is_read(fsdaemon, vm_images, work):
     """(b) With prefetch off, one small file costs one chunk (maybe two); read again after its
     page cache is dropped, it comes from the kernel's cache object: no fetch, no READ at all."""
