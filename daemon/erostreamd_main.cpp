@@ -38,8 +38,8 @@ Options:
   --cache-dir DIR        chunk cache (default /var/lib/erostream); ext4, xfs or btrfs
   --socket PATH          control socket (default /run/erostream/erostreamd.sock)
   --holder-socket PATH   where the fd holder listens (default: beside the control socket)
-  --frontend F           auto | fanotify | fscache (default auto: fscache when the kernel offers
-                         it, else fanotify; --check-kernel shows the choice and why)
+  --frontend F           auto | fanotify | fscache (default auto: fanotify in this build;
+                         --check-kernel shows what this kernel offers)
   --ready-fd N           write "READY\n" to fd N once the control socket accepts, then close it
   --log-level L          debug | info | warn (default info)
   --check-kernel         print which front ends this kernel offers and what the others lack,

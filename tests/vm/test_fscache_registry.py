@@ -17,26 +17,20 @@ import pytest
 import erostream_testlib as lib
 from daemon_fixtures import (KIB, assert_contents_match, assert_tree_matches, checked_read, data_file_size)
 from registry.fault_proxy import Rule
-from registry.registry import DockerRegistry, push_oci, skopeo_env
+from registry.registry import push_oci, skopeo_env
 
 pytestmark = [pytest.mark.vm, pytest.mark.kernel, pytest.mark.daemon]
 
 RETRIES = {"EROSTREAM_RETRY_MAX": "2", "EROSTREAM_RETRY_BASE_MS": "10"}
 
 
-@pytest.fixture(scope="module")
-def guest_registry(tmp_path_factory):
-    with DockerRegistry(tmp_path_factory.mktemp("guest-registry") / "reg") as reg:
-        yield reg
-
-
-@pytest.fixture(scope="module")
-def converted(guest_registry, vm_images, mkfs, tmp_path_factory):
-    """Image a pushed to vm/a:a and converted from the registry to the registry."""
+@pytest.fixture
+def converted(registry, vm_images, mkfs, tmp_path):
+    """Image a pushed to the guest's registry (vm/a:a) and converted from the registry to the
+    registry."""
     img = vm_images["a"]
-    tmp = tmp_path_factory.mktemp("push")
-    push_oci(img.layout, img.tag, guest_registry.host, "vm/a", dest_tag="a", env=skopeo_env(tmp))
-    r = mkfs("convert", "--quiet", f"docker://{guest_registry.host}/vm/a:a", f"docker://{guest_registry.host}/vm/a",
+    push_oci(img.layout, img.tag, registry.host, "vm/a", dest_tag="a", env=skopeo_env(tmp_path))
+    r = mkfs("convert", "--quiet", f"docker://{registry.host}/vm/a:a", f"docker://{registry.host}/vm/a",
              check=False, timeout=1200)
     assert r.returncode == 0, f"erostream-mkfs convert from and to the guest's registry failed:\n{r.stderr[-3000:]}"
     return img
@@ -47,9 +41,9 @@ def data_blob_gets(proxy, img):
     return [r for r in proxy.requests(method="GET") if re.search(rf"/blobs/({rx})$", r.path)]
 
 
-def test_registry_image_through_fscache(daemons, guest_registry, converted, proxies, work):
+def test_registry_image_through_fscache(daemons, registry, converted, proxies, work):
     img = converted
-    proxy = proxies(guest_registry.host)
+    proxy = proxies(registry.host)
     d = daemons(frontend="fscache", env_extra=RETRIES)
     mnt = work / "mnt"
     d.mount(f"docker://{proxy.host}/vm/a:a", mnt, prefetch="none", frontend="fscache")
