@@ -404,8 +404,9 @@ private:
     Stats stats_;
     std::unique_ptr<HolderLink> holder_;
     std::unique_ptr<EventLoop> loop_;
-    std::unique_ptr<ThreadPool> cpu_, io_, sys_;
+    // Before the pools: tasks still queued when they drain (resolving on the sys pool) use it.
     std::unique_ptr<DaemonRegistry> registry_;
+    std::unique_ptr<ThreadPool> cpu_, io_, sys_;
     // Before the scheduler and the mounts: their registry backends use it until they are gone.
     std::unique_ptr<CurlMulti> curl_;
     std::map<std::string, std::weak_ptr<RegistryBackend>> registry_backends_;

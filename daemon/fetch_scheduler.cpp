@@ -228,8 +228,10 @@ void FetchScheduler::issue(Blob& b, Job job) {
     std::weak_ptr<bool> alive = alive_;
     Job copy = job;
     copy.backend_retried = backend->retries_itself();
+    // The callback keeps the backend alive until it answered: a mount going away while its
+    // range is in flight must not cancel the range for the other mounts of the blob.
     backend->fetch_range(b.desc, job.run.offset, job.run.length, req_id,
-                         [this, alive, copy, key, req_id](Result<std::string> data) {
+                         [this, alive, copy, key, req_id, backend](Result<std::string> data) {
                              if (alive.expired()) return;
                              inflight_[key]--;
                              inflight_total_--;

@@ -260,6 +260,9 @@ void RegistryBackend::finish(const std::shared_ptr<Fetch>& f, Result<std::string
         loop_.post([done = std::move(done), r = std::move(r)]() mutable { done(std::move(r)); });
         return;
     }
+    // `done` may hold the last reference to this backend (the scheduler keeps a backend alive
+    // while its ranges are out): nothing may touch `this` after it, here or in the callers, which
+    // all return right after finish().
     done(std::move(r));
 }
 
