@@ -81,7 +81,9 @@ std::string fscache_volume_key(std::string_view domain) { return fmt::format("er
 
 std::string fscache_fsid(std::string_view meta_hex, unsigned attempt) {
     if (attempt == 0) return std::string(meta_hex);
-    return fmt::format("{}-{}", meta_hex, attempt + 1);
+    // The number goes first: the kernel names the mount in sysfs "<domain>,<fsid>" cut to 36
+    // characters (super_block.s_sysfs_name), and two names must differ there.
+    return fmt::format("{}-{}", attempt + 1, meta_hex);
 }
 
 bool is_digest_hex(std::string_view s) {
@@ -96,12 +98,13 @@ Result<FscacheCookie> parse_fscache_cookie(std::string_view volume_key, std::str
     if (volume_key != fscache_volume_key(domain))
         return fail(fmt::format("volume '{}' is not erostream's (erofs,{})", volume_key, domain), ENOENT);
     if (is_digest_hex(cookie_key)) return FscacheCookie{FscacheCookie::Kind::Data, std::string(cookie_key)};
-    // "<hex>-<n>": the fsid of a second (third...) mount of the same metadata blob.
-    if (cookie_key.size() >= 66 && cookie_key[64] == '-' && is_digest_hex(cookie_key.substr(0, 64))) {
-        auto n = cookie_key.substr(65);
-        bool digits = n.size() <= 6 && n.front() != '0';
+    // "<n>-<hex>": the fsid of a second (third...) mount of the same metadata blob.
+    if (size_t dash = cookie_key.find('-'); dash != std::string_view::npos && dash >= 1 && dash <= 6 &&
+                                            is_digest_hex(cookie_key.substr(dash + 1))) {
+        auto n = cookie_key.substr(0, dash);
+        bool digits = n.front() != '0' && n != "1";
         for (char c : n) digits = digits && c >= '0' && c <= '9';
-        if (digits) return FscacheCookie{FscacheCookie::Kind::Meta, std::string(cookie_key.substr(0, 64))};
+        if (digits) return FscacheCookie{FscacheCookie::Kind::Meta, std::string(cookie_key.substr(dash + 1))};
     }
     std::string shown;
     for (char c : cookie_key.substr(0, 80)) shown += (c >= 0x20 && c < 0x7f) ? c : '?';

@@ -6,7 +6,7 @@
 // primary (metadata) blob and the device= string, or the device table's tag, for a data blob.
 //
 // erostreamd mounts every image in one domain, with fsid = hex of the metadata blob's digest
-// ("-N" appended when that fsid is already in use: the kernel wants primary cookies unique in a
+// ("N-" in front when that fsid is already in use: the kernel wants primary cookies unique in a
 // domain), and device=<hex of the data blob's digest> for every data blob. Cookie keys are thus
 // content addresses: a cache object the kernel kept from an earlier mount or an earlier daemon
 // can only hold the bytes its name promises, and a data blob shared by two images is one cookie
@@ -61,7 +61,7 @@ std::string cachefiles_copen(uint32_t msg_id, int64_t size_or_negative_errno);
 // EROFS naming in erostream's domain.
 inline constexpr std::string_view kFscacheDomain = "erostream";
 std::string fscache_volume_key(std::string_view domain);
-// fsid for the metadata blob `meta_hex`; attempt 0 is the hex itself, attempt n > 0 "<hex>-<n+1>".
+// fsid for the metadata blob `meta_hex`; attempt 0 is the hex itself, attempt n > 0 "<n+1>-<hex>".
 std::string fscache_fsid(std::string_view meta_hex, unsigned attempt);
 
 // What a cookie key names: the metadata blob of a mount (hex of its digest, from the fsid) or a

@@ -129,20 +129,22 @@ TEST_CASE("fscache keys: domain volume, fsid of the metadata blob, device tags o
     const std::string hex(64, 'c');
     CHECK(fscache_volume_key("erostream") == kVol);
     CHECK(fscache_fsid(hex, 0) == hex);
-    CHECK(fscache_fsid(hex, 1) == hex + "-2");
+    CHECK(fscache_fsid(hex, 1) == "2-" + hex);
+    CHECK(fscache_fsid(hex, 15) == "16-" + hex);
     CHECK(cachefiles_copen(4, 8192) == "copen 4,8192");
     CHECK(cachefiles_copen(4, -ENOENT) == "copen 4,-2");
 
     auto d = parse_fscache_cookie(kVol, hex, "erostream");
     REQUIRE(d);
     CHECK(*d == FscacheCookie{FscacheCookie::Kind::Data, hex});
-    auto m = parse_fscache_cookie(kVol, hex + "-2", "erostream");
+    auto m = parse_fscache_cookie(kVol, "2-" + hex, "erostream");
     REQUIRE(m);
     CHECK(*m == FscacheCookie{FscacheCookie::Kind::Meta, hex});
-    CHECK(parse_fscache_cookie(kVol, hex + "-17", "erostream"));
+    CHECK(parse_fscache_cookie(kVol, "17-" + hex, "erostream"));
 
-    for (const std::string& bad : {hex + "-0", hex + "-02", hex + "-", hex + "-x", std::string(64, 'C'),
-                                   std::string(63, 'c'), std::string("")}) {
+    for (const std::string& bad : {"0-" + hex, "02-" + hex, "1-" + hex, "-" + hex, "x-" + hex, hex + "-2",
+                                   "1234567-" + hex, "2-" + hex + "0", std::string(64, 'C'), std::string(63, 'c'),
+                                   std::string("")}) {
         auto r = parse_fscache_cookie(kVol, bad, "erostream");
         CHECK_FALSE(r);
         if (!r) CHECK(r.error().err == ENOENT);
@@ -301,9 +303,9 @@ TEST_CASE("fscache front end: a metadata READ copies an aligned window, zeros pa
     REQUIRE(got.size() == 3 * 4096);
     CHECK(got.substr(0, 10000) == rig.meta_bytes);
     CHECK(got.substr(10000) == std::string(3 * 4096 - 10000, '\0'));
-    // The same blob under a second mount's fsid ("<hex>-2") is the same metadata.
+    // The same blob under a second mount's fsid ("2-<hex>") is the same metadata.
     int fd2 = rig.object_file("meta2");
-    rig.deliver(open_msg(3, 9, kVol, rig.meta_hex + "-2", fd2));
+    rig.deliver(open_msg(3, 9, kVol, "2-" + rig.meta_hex, fd2));
     REQUIRE(rig.run_until([&] { return rig.commands.size() == 2; }));
     CHECK(rig.commands[1] == "copen 3,10000");
 }
@@ -399,7 +401,7 @@ TEST_CASE("fscache front end: mount(2) options name the fsid, the domain and eac
     REQUIRE(calls.size() == 16);
     CHECK(calls[0].source == "none");
     CHECK(calls[0].data == fmt::format("fsid={},domain_id=erostream,device={}", rig.meta_hex, rig.cache->hex()));
-    CHECK(calls[1].data.starts_with(fmt::format("fsid={}-2,domain_id=erostream", rig.meta_hex)));
+    CHECK(calls[1].data.starts_with(fmt::format("fsid=2-{},domain_id=erostream", rig.meta_hex)));
     rig.fe->detach("m1");
     CHECK(rig.fe->mount_calls("m1").empty());
     // Detached: its keys are unknown again.
