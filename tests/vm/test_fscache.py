@@ -203,6 +203,8 @@ def test_sigkill_in_the_middle_of_reads_then_restart(fsdaemon, vm_images, work):
     assert not eio, f"reads failed across the restart: {[(o.path, o.eio) for o in eio][:20]}"
     log = fsdaemon.log.read_text()
     assert "restore: the kernel sends again" in log, fsdaemon.log_digest()
+    # The readers that were waiting were served by the new daemon (re-OPENs, then their READs).
+    assert " READ object " in log and " OPEN object " in log, fsdaemon.log_digest()
     assert lib.is_mountpoint(ma) and lib.is_mountpoint(mb)
     assert {m["mountpoint"] for m in fsdaemon.list_mounts()} == {str(ma), str(mb)}
     assert_contents_match(a, ma)
