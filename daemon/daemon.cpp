@@ -12,6 +12,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cachefiles_device.h"
+#include "cachefiles_frontend.h"
 #include "control_server.h"
 #include "curl_multi.h"
 #include "daemon_registry.h"
@@ -21,6 +23,7 @@
 #include "fetch_scheduler.h"
 #include "file_util.h"
 #include "holder_link.h"
+#include "kernel_probe.h"
 #include "layout_backend.h"
 #include "mount_manager.h"
 #include "registry_backend.h"
@@ -37,23 +40,6 @@ std::string directory_of(const std::string& path) {
     size_t slash = path.find_last_of('/');
     if (slash == std::string::npos) return ".";
     return slash == 0 ? "/" : path.substr(0, slash);
-}
-
-// Pre-content events need Linux 6.14; ask the kernel rather than parse its version.
-Result<void> probe_fanotify(const std::string& cache_dir) {
-    int g = ::fanotify_init(FAN_CLASS_PRE_CONTENT | FAN_CLOEXEC, O_RDONLY | O_LARGEFILE);
-    if (g < 0) return fail_errno("fanotify_init(FAN_CLASS_PRE_CONTENT)");
-    UniqueFd group(g);
-    std::string probe = cache_dir + "/.fanotify-probe";
-    UniqueFd f(::open(probe.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-    if (!f) return fail_errno("create " + probe);
-    int r = ::fanotify_mark(g, FAN_MARK_ADD, fan::kPreAccess, f.get(), nullptr);
-    int err = errno;
-    ::unlink(probe.c_str());
-    if (r != 0)
-        return fail_errno("fanotify_mark(FAN_PRE_ACCESS) refused: this kernel has no pre-content events (Linux 6.14+)",
-                          err);
-    return {};
 }
 
 using Json = nlohmann::ordered_json;
@@ -91,12 +77,8 @@ private:
     Result<void> start() {
         EROS_TRYV(make_dirs(cfg_.cache_dir, 0700));
         std::string fs = EROS_TRY(check_cache_filesystem(cfg_.cache_dir));
-        if (cfg_.frontend == "fscache")
-            return fail("front end 'fscache' is not available in this daemon (it serves the fanotify front end)", ENOTSUP);
-        EROS_TRYV(probe_fanotify(cfg_.cache_dir));
         EROS_TRYV(make_dirs(directory_of(cfg_.socket), 0755));
         EROS_TRYV(make_dirs(directory_of(cfg_.holder_socket_path()), 0755));
-        spdlog::info("cache {} on {}; front end fanotify", cfg_.cache_dir, fs);
 
         spawn_.socket_path = cfg_.holder_socket_path();
         spawn_.log_path = cfg_.cache_dir + "/holder.log";
@@ -104,8 +86,12 @@ private:
         spawn_.log_level = cfg_.log_level;
         auto [link, handover] = EROS_TRY(HolderLink::attach(spawn_));
         holder_ = std::move(link);
-        spdlog::info("fd holder at {}: {} ({} cache fds kept, {} events pending)", spawn_.socket_path,
-                     handover.spawned ? "started" : "attached", handover.blobs.size(), handover.pending_events);
+        spdlog::info("fd holder at {}: {} ({} cache fds kept{}, {} events pending)", spawn_.socket_path,
+                     handover.spawned ? "started" : "attached", handover.blobs.size(),
+                     handover.cachefiles ? ", /dev/cachefiles kept" : "", handover.pending_events);
+        EROS_TRYV(pick_frontends(handover));
+        spdlog::info("cache {} on {}; front ends: {}; auto = {} ({})", cfg_.cache_dir, fs, frontend_names(), auto_.name,
+                     auto_.reason);
 
         loop_ = EROS_TRY(EventLoop::create(512));
         cpu_ = std::make_unique<ThreadPool>(cfg_.workers);
@@ -125,21 +111,44 @@ private:
         so.retry_base = std::chrono::milliseconds(cfg_.retry_base_ms);
         so.prefetch_rate = cfg_.prefetch_bandwidth;
         sched_ = std::make_unique<FetchScheduler>(*loop_, *cpu_, stats_, so);
-        frontend_ = std::make_unique<FanotifyFrontend>(*sched_, stats_, *holder_, std::move(handover.group));
+        std::map<std::string, Frontend*> frontends;
+        if (run_fanotify_) {
+            fanotify_ = std::make_unique<FanotifyFrontend>(*sched_, stats_, *holder_, std::move(handover.group));
+            frontends["fanotify"] = fanotify_.get();
+        }
+        if (cachefiles_dev_) {
+            cachefiles_ = std::make_unique<CachefilesFrontend>(*loop_, *sched_, *io_, stats_, std::move(cachefiles_dev_));
+            frontends["fscache"] = cachefiles_.get();
+        }
 
-        MountManager::Deps deps{*loop_, *sys_, *sched_, *frontend_, *holder_, stats_,
-                                [this](const std::string& source, std::shared_ptr<CachingStore> store) {
+        MountManager::Deps deps{.loop = *loop_,
+                                .sys = *sys_,
+                                .sched = *sched_,
+                                .frontends = frontends,
+                                .auto_frontend = auto_.name,
+                                .auto_reason = auto_.reason,
+                                .holder = *holder_,
+                                .stats = stats_,
+                                .backends = [this](const std::string& source, std::shared_ptr<CachingStore> store) {
                                     return make_backend(source, std::move(store));
                                 },
-                                cfg_.cache_dir, cfg_.prefetch,
-                                [this](const std::string& hex, const Error& e) {
-                                    stats_.errors++;
-                                    spdlog::error("[persist-{}] {}", hex.substr(0, 12), e.what());
-                                },
-                                registry_.get()};
+                                .cache_dir = cfg_.cache_dir,
+                                .default_prefetch = cfg_.prefetch,
+                                .persist_error =
+                                    [this](const std::string& hex, const Error& e) {
+                                        stats_.errors++;
+                                        spdlog::error("[persist-{}] {}", hex.substr(0, 12), e.what());
+                                    },
+                                .registry = registry_.get(),
+                                .fscache_restored = cachefiles_restored_};
         mounts_ = std::make_unique<MountManager>(deps);
         sched_->on_blob_complete = [this](const std::shared_ptr<BlobCache>& b) { mounts_->blob_complete(b); };
+        sched_->on_chunk_ready = [this](const std::shared_ptr<BlobCache>& b, size_t i, bool waited) {
+            mounts_->chunk_ready(b, i, waited);
+        };
         EROS_TRYV(mounts_->restore(handover.blobs, handover.spawned));
+        // After the restored mounts are attached: the kernel's re-sent requests name their keys.
+        if (cachefiles_) EROS_TRYV(cachefiles_->start(cachefiles_restored_));
 
         server_ = EROS_TRY(ControlServer::listen(cfg_.socket, *loop_,
                                                  [this](const ControlRequest& req, const std::string& id,
@@ -162,7 +171,15 @@ private:
             }
         });
         holder_->start(
-            *loop_, [this](const HolderMsg& ev) { frontend_->on_event(ev); },
+            *loop_,
+            [this](const HolderMsg& ev) {
+                if (fanotify_) return fanotify_->on_event(ev);
+                // No fanotify front end here, but events from a group a previous daemon marked:
+                // nobody can fill them.
+                stats_.events_denied++;
+                spdlog::error("[ev-{}] EIO: a fanotify event, and this daemon runs no fanotify front end", ev.id);
+                holder_->answer(ev.id, fan::deny_errno(EIO));
+            },
             [this](const Error& e) { holder_lost(e); });
         server_->start();
         return {};
@@ -199,7 +216,8 @@ private:
 
     void holder_lost(const Error& e) {
         // The group is closed: the kernel now lets every access through. Get a new holder and
-        // mark again at once; reads in between may have seen holes.
+        // mark again at once; reads in between may have seen holes. /dev/cachefiles is still
+        // open here: the new holder gets it again.
         spdlog::critical("[holder] connection to the fd holder lost ({}): starting a new one and marking again",
                          e.what());
         auto h = holder_->reattach(spawn_);
@@ -208,8 +226,82 @@ private:
             loop_->stop();
             return;
         }
-        auto r = frontend_->rebind(std::move(h->group), mounts_->blobs());
-        if (!r) spdlog::critical("[holder] {}", r.error().what());
+        if (cachefiles_) {
+            HolderMsg m;
+            m.op = HolderOp::Cachefiles;
+            holder_->send(m, cachefiles_->device_fd());
+        }
+        if (fanotify_) {
+            if (!h->group) {
+                spdlog::critical("[holder] the new holder has no fanotify group: fanotify mounts cannot be served");
+                return;
+            }
+            auto r = fanotify_->rebind(std::move(h->group));
+            if (!r) spdlog::critical("[holder] {}", r.error().what());
+        }
+    }
+
+    // Which front ends this daemon runs, and what "auto" means (kernel_probe.h).
+    Result<void> pick_frontends(HolderLink::Handover& handover) {
+        KernelProbeOptions po;
+        po.cache_dir = cfg_.cache_dir;
+        // The probe opens /dev/cachefiles to test it; a restarted daemon must not: the holder has
+        // it (the device is exclusive) and it is bound already.
+        bool kept = static_cast<bool>(handover.cachefiles);
+        KernelProbe probe = probe_kernel(po);
+        if (kept) {
+            probe.facts.cachefiles_dev = DeviceFact{DeviceFact::State::ok, 0, ""};
+            probe.facts.cachefiles_ondemand = {Support::yes, "bound on-demand by the previous daemon (kept by the holder)"};
+            probe = evaluate_kernel(std::move(probe.facts));
+        }
+        auto chosen = choose_frontend(probe, cfg_.frontend);
+        if (!chosen && !kept) return std::unexpected(chosen.error());
+        if (chosen) auto_ = *chosen;
+        if (chosen && cfg_.frontend != "auto")
+            auto_.reason = fmt::format("this daemon runs with --frontend {}: {}", cfg_.frontend, chosen->reason);
+        // fanotify: when asked for, or with auto when the kernel offers it.
+        if (cfg_.frontend == "fanotify" || (cfg_.frontend == "auto" && probe.fanotify.usable == Support::yes)) {
+            if (handover.group) run_fanotify_ = true;
+            else if (cfg_.frontend == "fanotify")
+                return fail_errno("the fd holder has no fanotify group", handover.group_errno);
+        }
+        // fscache: when asked for, with auto when the kernel offers it, and always when the holder
+        // kept the device (mounts of the previous daemon may need it).
+        if (kept) {
+            cachefiles_dev_ = std::move(handover.cachefiles);
+            cachefiles_restored_ = true;
+        } else if (cfg_.frontend == "fscache" || (cfg_.frontend == "auto" && probe.fscache.usable == Support::yes)) {
+            std::string dir = cfg_.cache_dir + "/fscache";
+            EROS_TRYV(make_dirs(dir, 0700));
+            auto dev = bind_cachefiles_ondemand(dir, "erostream");
+            if (dev) {
+                cachefiles_dev_ = std::move(*dev);
+                // The holder keeps a copy: the cache and its pending requests outlive this process.
+                HolderMsg m;
+                m.op = HolderOp::Cachefiles;
+                holder_->send(m, cachefiles_dev_.get());
+                holder_->flush_blocking();
+            } else if (cfg_.frontend == "fscache") {
+                return std::unexpected(dev.error());
+            } else {
+                spdlog::warn("fscache front end not started: {}", dev.error().what());
+                if (auto_.name == "fscache")
+                    auto_ = {"fanotify", "fscache could not be started (" + dev.error().what() + ")"};
+            }
+        }
+        if (cfg_.frontend == "fanotify" && !run_fanotify_) return fail("the fanotify front end could not be started");
+        if (!run_fanotify_ && !cachefiles_dev_) return fail("no front end could be started", ENOTSUP);
+        if ((auto_.name == "fanotify" && !run_fanotify_) || (auto_.name == "fscache" && !cachefiles_dev_) ||
+            auto_.name.empty())
+            auto_ = {run_fanotify_ ? "fanotify" : "fscache", "the only front end running"};
+        return {};
+    }
+
+    std::string frontend_names() const {
+        std::string s;
+        if (run_fanotify_) s += "fanotify";
+        if (cachefiles_dev_ || cachefiles_) s += std::string(s.empty() ? "" : ", ") + "fscache";
+        return s;
     }
 
     void route(const ControlRequest& req, const std::string& id, const ControlServer::Respond& respond) {
@@ -226,7 +318,10 @@ private:
             if (req.method != "GET") return json_err(405, "use GET");
             Json j;
             j["status"] = "ok";
-            j["frontend"] = "fanotify";
+            j["frontend"] = auto_.name;
+            j["frontends"] = Json::array();
+            if (fanotify_) j["frontends"].push_back("fanotify");
+            if (cachefiles_) j["frontends"].push_back("fscache");
             j["mounts"] = mounts_->count();
             return json_ok(j);
         }
@@ -283,6 +378,9 @@ private:
 
     void shutdown() {
         if (server_) server_->stop();
+        // READs still open stay with the kernel for the next daemon (`restore`), unless nothing
+        // is mounted any more; failures from here on complete none of them.
+        if (cachefiles_ && mounts_->count() > 0) cachefiles_->leave_pending_to_next_daemon();
         // Registry requests in flight fail now, so that every reader waiting on one is answered
         // (the scheduler sees the failure; nothing wrong is written).
         const std::string why = "erostreamd is stopping";
@@ -313,7 +411,12 @@ private:
     std::unique_ptr<CurlMulti> curl_;
     std::map<std::string, std::weak_ptr<RegistryBackend>> registry_backends_;
     std::unique_ptr<FetchScheduler> sched_;
-    std::unique_ptr<FanotifyFrontend> frontend_;
+    FrontendChoice auto_;
+    bool run_fanotify_ = false;
+    UniqueFd cachefiles_dev_;
+    bool cachefiles_restored_ = false;
+    std::unique_ptr<FanotifyFrontend> fanotify_;
+    std::unique_ptr<CachefilesFrontend> cachefiles_;
     std::unique_ptr<MountManager> mounts_;
     std::unique_ptr<ControlServer> server_;
     UniqueFd sigfd_;

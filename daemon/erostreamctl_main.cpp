@@ -147,7 +147,9 @@ int cmd_mount(const std::string& socket, const std::vector<std::string>& args) {
     for (size_t i = 0; i < args.size(); ++i) {
         if (args[i] == "--frontend" || args[i] == "--prefetch") {
             if (i + 1 >= args.size()) return usage(args[i] + " needs a value");
-            (args[i] == "--frontend" ? frontend : prefetch) = args[++i];
+            // Which one before ++i: in `a = b` the right side is evaluated first.
+            std::string& out = args[i] == "--frontend" ? frontend : prefetch;
+            out = args[++i];
         } else if (args[i].starts_with("--frontend=")) {
             frontend = args[i].substr(11);
         } else if (args[i].starts_with("--prefetch=")) {

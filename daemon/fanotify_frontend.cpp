@@ -9,6 +9,49 @@
 
 namespace erostream {
 
+Result<void> FanotifyFrontend::attach(const FrontendMount& m, const std::set<std::string>& maybe_marked) {
+    MountEntry me;
+    me.meta_path = m.meta_path;
+    for (const auto& b : m.blobs) {
+        if (!blobs_.count(b->hex())) {
+            auto r = add_blob(b, maybe_marked.count(b->hex()) > 0);
+            if (!r) {
+                mounts_[m.id] = std::move(me);
+                detach(m.id);
+                return r;
+            }
+        }
+        blobs_[b->hex()].users.insert(m.id);
+        me.hexes.push_back(b->hex());
+    }
+    mounts_[m.id] = std::move(me);
+    return {};
+}
+
+void FanotifyFrontend::detach(const std::string& mount_id) {
+    auto it = mounts_.find(mount_id);
+    if (it == mounts_.end()) return;
+    for (const auto& hex : it->second.hexes) {
+        auto b = blobs_.find(hex);
+        if (b == blobs_.end()) continue;
+        b->second.users.erase(mount_id);
+        if (b->second.users.empty()) remove_blob(hex);
+    }
+    mounts_.erase(it);
+}
+
+std::vector<MountCall> FanotifyFrontend::mount_calls(const std::string& mount_id) const {
+    auto it = mounts_.find(mount_id);
+    if (it == mounts_.end()) return {};
+    MountCall c;
+    c.source = it->second.meta_path;
+    for (const auto& hex : it->second.hexes) {
+        if (!c.data.empty()) c.data += ",";
+        c.data += "device=" + blobs_.at(hex).blob->img_path();
+    }
+    return {c};
+}
+
 Result<void> FanotifyFrontend::add_blob(const std::shared_ptr<BlobCache>& blob, bool maybe_marked) {
     auto [it, fresh] = blobs_.try_emplace(blob->hex());
     Entry& e = it->second;
@@ -78,12 +121,18 @@ bool FanotifyFrontend::marked(const std::string& hex) const {
     return it != blobs_.end() && it->second.marked;
 }
 
-Result<void> FanotifyFrontend::rebind(UniqueFd group, const std::map<std::string, std::shared_ptr<BlobCache>>& blobs) {
+Result<void> FanotifyFrontend::rebind(UniqueFd group) {
     group_ = std::move(group);
+    auto old = std::move(blobs_);
     blobs_.clear();
     by_inode_.clear();
-    for (const auto& [hex, b] : blobs) EROS_TRYV(add_blob(b));
-    return {};
+    Result<void> out;
+    for (auto& [hex, e] : old) {
+        auto r = add_blob(e.blob, false);
+        if (!r && out) out = r;
+        if (r) blobs_[hex].users = std::move(e.users);
+    }
+    return out;
 }
 
 void FanotifyFrontend::on_event(const HolderMsg& ev) {

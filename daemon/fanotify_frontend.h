@@ -16,36 +16,50 @@
 
 #include "blob_cache.h"
 #include "event_loop.h"
+#include "frontend.h"
 #include "fetch_scheduler.h"
 #include "holder_link.h"
 #include "stats.h"
 
 namespace erostream {
 
-class FanotifyFrontend {
+class FanotifyFrontend final : public Frontend {
 public:
     FanotifyFrontend(FetchScheduler& sched, Stats& stats, HolderLink& holder, UniqueFd group)
         : sched_(sched), stats_(stats), holder_(holder), group_(std::move(group)) {}
 
-    // Registers the blob's fd with the holder and marks the file unless the blob is complete.
-    // `maybe_marked`: the group may carry a mark from a previous daemon (restart): a complete
-    // blob's mark is then removed.
-    Result<void> add_blob(const std::shared_ptr<BlobCache>& blob, bool maybe_marked = false);
-    // Unmarks and releases the fd in the holder (no mount uses the blob any more).
-    void remove_blob(const std::string& hex);
+    std::string_view name() const override { return "fanotify"; }
+    // Registers every blob of the mount (add_blob) and remembers its device= paths.
+    Result<void> attach(const FrontendMount& m, const std::set<std::string>& maybe_marked) override;
+    void detach(const std::string& mount_id) override;
+    // mount(2) of the metadata file with device=<cache file> per data blob.
+    std::vector<MountCall> mount_calls(const std::string& mount_id) const override;
+    void chunk_ready(const std::shared_ptr<BlobCache>&, size_t, bool) override {}
     // Every chunk present: the mark is not needed any more.
-    void blob_complete(const std::shared_ptr<BlobCache>& blob);
+    void blob_complete(const std::shared_ptr<BlobCache>& blob) override;
+
     void on_event(const HolderMsg& ev);
 
-    // A new holder (the old one died): new group, nothing registered.
-    Result<void> rebind(UniqueFd group, const std::map<std::string, std::shared_ptr<BlobCache>>& blobs);
+    // A new holder (the old one died): new group; every blob registered and marked again.
+    Result<void> rebind(UniqueFd group);
     bool marked(const std::string& hex) const;
 
 private:
     struct Entry {
         std::shared_ptr<BlobCache> blob;
         bool marked = false;
+        std::set<std::string> users;  // mount ids
     };
+    struct MountEntry {
+        std::string meta_path;
+        std::vector<std::string> hexes;
+    };
+    // Registers the blob's fd with the holder and marks the file unless the blob is complete.
+    // `maybe_marked`: the group may carry a mark from a previous daemon (restart): a complete
+    // blob's mark is then removed.
+    Result<void> add_blob(const std::shared_ptr<BlobCache>& blob, bool maybe_marked);
+    // Unmarks and releases the fd in the holder (no mount uses the blob any more).
+    void remove_blob(const std::string& hex);
     Result<void> mark(Entry& e);
     void unmark(Entry& e);
 
@@ -54,6 +68,7 @@ private:
     HolderLink& holder_;
     UniqueFd group_;
     std::map<std::string, Entry> blobs_;
+    std::map<std::string, MountEntry> mounts_;  // by mount id
     std::map<std::pair<uint64_t, uint64_t>, std::string> by_inode_;  // (dev, ino) -> hex
     uint64_t seq_ = 0;
 };

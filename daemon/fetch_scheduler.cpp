@@ -383,8 +383,13 @@ void FetchScheduler::on_decoded(const std::string& hex, uint64_t generation, siz
             return;
         }
         stats_.chunks_fetched++;
+        const bool waited = b->waiters.count(i) > 0;
+        auto cache = b->cache;
         finish_chunk(*b, i, {});
-        if (b->cache->complete() && on_blob_complete) on_blob_complete(b->cache);
+        if (on_chunk_ready) on_chunk_ready(cache, i, waited);
+        // The callbacks may have removed the blob.
+        b = find(hex, generation);
+        if (b && b->cache->complete() && on_blob_complete) on_blob_complete(b->cache);
         pump();
     });
 }

@@ -80,6 +80,9 @@ public:
     // Background fill of a whole blob while any owner wants it.
     void set_prefetch(const std::string& hex, const std::string& owner, bool on);
 
+    // A chunk was verified and written to its cache (after the reads waiting for it were told);
+    // `readers_waited`: some were.
+    std::function<void(const std::shared_ptr<BlobCache>&, size_t, bool readers_waited)> on_chunk_ready;
     // A blob just became complete (every chunk written and present).
     std::function<void(const std::shared_ptr<BlobCache>&)> on_blob_complete;
 

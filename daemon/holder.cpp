@@ -48,8 +48,15 @@ public:
         int g = ::fanotify_init(FAN_CLASS_PRE_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE |
                                     FAN_UNLIMITED_MARKS,
                                 O_RDONLY | O_LARGEFILE | O_CLOEXEC);
-        if (g < 0) return fail_errno("fanotify_init(FAN_CLASS_PRE_CONTENT)");
-        group_.reset(g);
+        if (g < 0) {
+            // A kernel without fanotify permission events still has the fscache front end,
+            // whose restart needs the holder too (for /dev/cachefiles).
+            group_errno_ = errno;
+            spdlog::warn("fanotify_init(FAN_CLASS_PRE_CONTENT): {}: holding no fanotify group",
+                         std::strerror(group_errno_));
+        } else {
+            group_.reset(g);
+        }
         orphan_since_ = Clock::now();
         return {};
     }
@@ -261,20 +268,26 @@ private:
         case HolderOp::Hello: {
             HolderMsg g;
             g.op = HolderOp::Group;
-            send(g, group_.get());
+            g.a = static_cast<uint64_t>(group_errno_);
+            send(g, group_ ? group_.get() : -1);
             for (auto& [hex, fd] : blobs_) {
                 HolderMsg b;
                 b.op = HolderOp::Blob;
                 b.text = hex;
                 send(b, fd.get());
             }
+            if (cachefiles_) {
+                HolderMsg c;
+                c.op = HolderOp::Cachefiles;
+                send(c, cachefiles_.get());
+            }
             HolderMsg ready;
             ready.op = HolderOp::Ready;
             ready.a = pending_.size();
             send(ready);
             for (auto& [fd, p] : pending_) queue_event(fd, p);
-            spdlog::info("handed the group, {} cache fds and {} pending events to the daemon", blobs_.size(),
-                         pending_.size());
+            spdlog::info("handed the group, {} cache fds{} and {} pending events to the daemon", blobs_.size(),
+                         cachefiles_ ? ", /dev/cachefiles" : "", pending_.size());
             break;
         }
         case HolderOp::Blob:
@@ -285,6 +298,14 @@ private:
             blobs_[m.text] = std::move(in.fd);
             break;
         case HolderOp::Release: blobs_.erase(m.text); break;
+        case HolderOp::Cachefiles:
+            if (!in.fd) {
+                spdlog::warn("Cachefiles message without fd");
+                break;
+            }
+            if (!cachefiles_) spdlog::info("keeping /dev/cachefiles for the daemon");
+            cachefiles_ = std::move(in.fd);
+            break;
         case HolderOp::Answer: {
             auto it = pending_.find(static_cast<int>(m.id));
             if (it == pending_.end()) {
@@ -313,6 +334,10 @@ private:
 
     const HolderConfig& cfg_;
     UniqueFd listen_, group_, client_;
+    int group_errno_ = 0;
+    // /dev/cachefiles, bound by a daemon: closing it would withdraw the cache (every fscache
+    // mount would fail its reads from then on) and drop the requests a restarted daemon needs.
+    UniqueFd cachefiles_;
     pid_t client_pid_ = 0;
     std::map<int, Pending> pending_;
     std::map<std::string, UniqueFd> blobs_;

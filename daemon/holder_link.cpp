@@ -67,8 +67,13 @@ Result<std::pair<UniqueFd, HolderLink::Handover>> HolderLink::handover(const Hol
         }
         switch (m->msg.op) {
         case HolderOp::Group:
-            if (!m->fd) return fail("fd holder: Group without an fd");
             h.group = std::move(m->fd);
+            h.group_errno = static_cast<int>(m->msg.a);
+            if (!h.group && h.group_errno == 0) return fail("fd holder: Group without an fd or a reason");
+            break;
+        case HolderOp::Cachefiles:
+            if (!m->fd) return fail("fd holder: Cachefiles without an fd");
+            h.cachefiles = std::move(m->fd);
             break;
         case HolderOp::Blob:
             if (!m->fd) return fail("fd holder: Blob without an fd");
@@ -76,7 +81,6 @@ Result<std::pair<UniqueFd, HolderLink::Handover>> HolderLink::handover(const Hol
             break;
         case HolderOp::Ready: {
             h.pending_events = m->msg.a;
-            if (!h.group) return fail("fd holder: no group handed over");
             return std::make_pair(std::move(sock), std::move(h));
         }
         default: return failf("fd holder: unexpected message {} during the handover", static_cast<int>(m->msg.op));

@@ -21,8 +21,10 @@ namespace erostream {
 class HolderLink {
 public:
     struct Handover {
-        UniqueFd group;
+        UniqueFd group;         // none when the kernel refused the holder a fanotify group
+        int group_errno = 0;    // ... and why
         std::map<std::string, UniqueFd> blobs;  // blob hex -> fd opened before its mark
+        UniqueFd cachefiles;    // /dev/cachefiles a previous daemon bound, if the holder kept it
         uint64_t pending_events = 0;
         bool spawned = false;  // a new holder: nothing was kept, no mark exists in its group
     };

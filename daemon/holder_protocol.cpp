@@ -61,7 +61,7 @@ Result<HolderMsg> decode_holder_msg(std::string_view bytes) {
     if (version != kHolderProtocolVersion)
         return failf("holder message: protocol version {} (this program speaks {})", version, kHolderProtocolVersion);
     uint16_t op = get<uint16_t>(bytes, off);
-    if (op < static_cast<uint16_t>(HolderOp::Hello) || op > static_cast<uint16_t>(HolderOp::Shutdown))
+    if (op < static_cast<uint16_t>(HolderOp::Hello) || op > static_cast<uint16_t>(HolderOp::Cachefiles))
         return failf("holder message: unknown operation {}", op);
     HolderMsg m;
     m.op = static_cast<HolderOp>(op);

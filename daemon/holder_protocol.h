@@ -5,12 +5,17 @@
 // next daemon.
 //
 //   daemon -> holder                          holder -> daemon
-//   Hello {a: protocol version}               Group + fd        (the fanotify group)
+//   Hello {a: protocol version}               Group [+ fd]      (the fanotify group; no fd when
+//                                                                this kernel has none: a = errno)
 //                                             Blob + fd, text   (each kept cache-file fd: hex)
+//                                             Cachefiles + fd   (/dev/cachefiles, if kept)
 //                                             Ready {a: events pending}
 //                                             Event ... (pending ones first, then live ones)
 //   Blob + fd, text = blob hex   keep this fd (replaces one kept under that hex)
 //   Release, text = blob hex     close the kept fd (after the daemon removed the blob's mark)
+//   Cachefiles + fd              keep this /dev/cachefiles fd (bound in on-demand mode): while it
+//                                is open the kernel keeps the cache and its pending requests, so
+//                                that a restarted daemon can `restore` them (fscache front end)
 //   Answer {id: event, a: fanotify response}  the holder writes it and closes the event fd
 //   Mounts, text = mount points, one per line: while they are mounted the holder must stay
 //   Shutdown                     exit now (the daemon stops cleanly and has no mounts)
@@ -43,6 +48,7 @@ enum class HolderOp : uint16_t {
     Release = 7,
     Mounts = 8,
     Shutdown = 9,
+    Cachefiles = 10,
 };
 
 struct HolderMsg {

@@ -48,15 +48,6 @@ Result<std::string> normalize_mountpoint(const std::string& mp) {
     return out;
 }
 
-std::string mount_data(const std::string& blobs_dir, const std::vector<std::string>& blobs) {
-    std::string data;
-    for (const auto& hex : blobs) {
-        if (!data.empty()) data += ",";
-        data += "device=" + blobs_dir + "/" + hex + ".img";
-    }
-    return data;
-}
-
 }  // namespace
 
 int http_status_for(const Error& e) {
@@ -146,42 +137,72 @@ void MountManager::send_holder_mounts(const MountRecord* extra) {
     d_.holder.send(std::move(m));
 }
 
-Result<void> MountManager::attach_blobs(Mount& m, const std::map<std::string, std::shared_ptr<BlobCache>>& opened,
+Result<Frontend*> MountManager::pick_frontend(const std::string& wanted, const std::string& req_id) const {
+    std::string names;
+    for (const auto& [n, f] : d_.frontends) names += (names.empty() ? "" : ", ") + n;
+    if (names.empty()) names = "none";
+    if (wanted == "auto") {
+        auto it = d_.frontends.find(d_.auto_frontend);
+        if (it == d_.frontends.end())
+            return fail(fmt::format("no front end is available for 'auto' ({})", d_.auto_reason), ENOTSUP);
+        spdlog::info("[{}] front end auto: {} ({})", req_id, d_.auto_frontend, d_.auto_reason);
+        return it->second;
+    }
+    if (wanted != "fanotify" && wanted != "fscache")
+        return fail(fmt::format("front end '{}': expected auto, fanotify or fscache", wanted), EINVAL);
+    auto it = d_.frontends.find(wanted);
+    if (it == d_.frontends.end())
+        return fail(fmt::format("front end '{}' is not available in this daemon (available: {})", wanted, names),
+                    ENOTSUP);
+    return it->second;
+}
+
+Result<void> MountManager::attach_blobs(Mount& m, Frontend& fe,
+                                        const std::map<std::string, std::shared_ptr<BlobCache>>& opened,
                                         const std::set<std::string>& maybe_marked) {
+    FrontendMount fm;
+    fm.id = m.id;
+    fm.meta_hex = digest_hex(m.artifact->meta_desc.digest);
+    fm.meta_path = m.store->meta_path(m.artifact->meta_desc);
+    fm.meta_size = static_cast<uint64_t>(m.artifact->meta_desc.size);
     for (size_t i = 0; i < m.blobs.size(); ++i) {
         const std::string& hex = m.blobs[i];
         auto it = blobs_.find(hex);
         if (it == blobs_.end()) {
             auto o = opened.find(hex);
-            if (o == opened.end()) return failf("blob sha256:{} was not opened", hex);
+            if (o == opened.end()) {
+                detach_blobs(m);
+                return failf("blob sha256:{} was not opened", hex);
+            }
             std::string h = hex;
             auto report = d_.persist_error;
             o->second->on_persist_error = [report, h](const Error& e) {
                 if (report) report(h, e);
             };
-            auto r = d_.frontend.add_blob(o->second, maybe_marked.count(hex) > 0);
-            if (!r) {
-                detach_blobs(m);
-                return r;
-            }
             it = blobs_.emplace(hex, BlobUse{o->second, {}}).first;
         }
         it->second.users.insert(m.id);
         d_.sched.add_source(it->second.cache, m.artifact->data[i], m.backend, m.id);
+        fm.blobs.push_back(it->second.cache);
     }
+    auto r = fe.attach(fm, maybe_marked);
+    if (!r) {
+        detach_blobs(m);
+        return r;
+    }
+    m.fe = &fe;
     return {};
 }
 
 void MountManager::detach_blobs(Mount& m) {
+    if (m.fe) m.fe->detach(m.id);
+    m.fe = nullptr;
     for (const auto& hex : m.blobs) {
         auto it = blobs_.find(hex);
         if (it == blobs_.end()) continue;
         d_.sched.remove_source(hex, m.id);
         it->second.users.erase(m.id);
-        if (it->second.users.empty()) {
-            d_.frontend.remove_blob(hex);
-            blobs_.erase(it);
-        }
+        if (it->second.users.empty()) blobs_.erase(it);
     }
 }
 
@@ -194,13 +215,8 @@ void MountManager::do_mount(MountRequest req, std::string req_id, Reply reply, s
     auto mp = normalize_mountpoint(req.mountpoint);
     if (!mp) return finish(std::unexpected(mp.error()));
     if (req.ref.empty()) return finish(fail("'ref' is missing", EINVAL));
-    if (req.frontend != "auto" && req.frontend != "fanotify") {
-        if (req.frontend == "fscache")
-            return finish(fail("front end 'fscache' is not available in this daemon; this kernel is served by "
-                               "'fanotify'",
-                               ENOTSUP));
-        return finish(fail(fmt::format("front end '{}': expected auto, fanotify or fscache", req.frontend), EINVAL));
-    }
+    auto fe = pick_frontend(req.frontend, req_id);
+    if (!fe) return finish(std::unexpected(fe.error()));
     if (req.prefetch.empty()) req.prefetch = d_.default_prefetch;
     if (req.prefetch != "all" && req.prefetch != "none")
         return finish(fail(fmt::format("prefetch '{}': expected all or none", req.prefetch), EINVAL));
@@ -210,7 +226,7 @@ void MountManager::do_mount(MountRequest req, std::string req_id, Reply reply, s
     m->id = fmt::format("m{}", next_mount_++);
     m->rec.mountpoint = *mp;
     m->rec.ref = req.ref;
-    m->rec.frontend = "fanotify";
+    m->rec.frontend = std::string((*fe)->name());
     m->rec.prefetch = req.prefetch;
     std::set<std::string> known;
     for (const auto& [hex, b] : blobs_) known.insert(hex);
@@ -259,7 +275,7 @@ void MountManager::do_mount(MountRequest req, std::string req_id, Reply reply, s
             }
             return p;
         },
-        [this, m, finish, req_id, fetching](Result<std::shared_ptr<Prep>> prep) mutable {
+        [this, m, finish, req_id, fetching, fe = *fe](Result<std::shared_ptr<Prep>> prep) mutable {
             if (!prep) {
                 if (fetching->load() && prep.error().err != EINVAL) d_.stats.errors++;
                 return finish(std::unexpected(prep.error()));
@@ -279,7 +295,7 @@ void MountManager::do_mount(MountRequest req, std::string req_id, Reply reply, s
             std::set<std::string> kept;
             for (const auto& [hex, c] : p.opened)
                 if (held_.count(hex)) kept.insert(hex);
-            auto att = attach_blobs(*m, p.opened, kept);
+            auto att = attach_blobs(*m, *fe, p.opened, kept);
             if (!att) return finish(std::unexpected(att.error()));
             for (const auto& hex : kept) held_.erase(hex);
             // Recorded before mount(2): a daemon dying in between is found out at restart.
@@ -289,20 +305,29 @@ void MountManager::do_mount(MountRequest req, std::string req_id, Reply reply, s
                     return finish(std::unexpected(saved.error().prefix("save the mount state")));
                 }
                 send_holder_mounts(&m->rec);
-                std::string source = m->store->meta_path(m->artifact->meta_desc);
+                std::vector<MountCall> calls = m->fe ? m->fe->mount_calls(m->id) : std::vector<MountCall>{};
                 std::string target = m->rec.mountpoint;
-                std::string data = mount_data(this->blobs_dir(), m->blobs);
                 hop(
                     d_.sys, d_.loop, alive_,
-                    [source, target, data]() -> Result<void> {
-                        if (::mount(source.c_str(), target.c_str(), "erofs", MS_RDONLY,
-                                    data.empty() ? nullptr : data.c_str()) != 0) {
+                    [calls, target, req_id]() -> Result<void> {
+                        if (calls.empty()) return fail("the front end has no mount(2) call for this mount", EINVAL);
+                        for (size_t k = 0; k < calls.size(); ++k) {
+                            const auto& c = calls[k];
+                            if (::mount(c.source.c_str(), target.c_str(), "erofs", MS_RDONLY,
+                                        c.data.empty() ? nullptr : c.data.c_str()) == 0) {
+                                spdlog::debug("[{}] mount(\"{}\", \"{}\", \"erofs\", MS_RDONLY, \"{}\")", req_id,
+                                              c.source, target, c.data);
+                                return {};
+                            }
                             int e = errno;
-                            return fail_errno(fmt::format("mount(2) of {} on {} (erofs, ro, {})", source, target,
-                                                          data.empty() ? "no devices" : data),
+                            // fscache: the fsid is taken in the domain (the same image mounted
+                            // elsewhere): the next call names it differently.
+                            if (e == EEXIST && k + 1 < calls.size()) continue;
+                            return fail_errno(fmt::format("mount(2) of {} on {} (erofs, ro, {})", c.source, target,
+                                                          c.data.empty() ? "no options" : c.data),
                                               e);
                         }
-                        return {};
+                        return fail("mount(2): every fsid is taken", EEXIST);
                     },
                     [this, m, finish, req_id](Result<void> mounted) mutable {
                         if (!mounted) {
@@ -397,7 +422,13 @@ MountManager::Json MountManager::list() const {
     return arr;
 }
 
-void MountManager::blob_complete(const std::shared_ptr<BlobCache>& blob) { d_.frontend.blob_complete(blob); }
+void MountManager::blob_complete(const std::shared_ptr<BlobCache>& blob) {
+    for (const auto& [n, fe] : d_.frontends) fe->blob_complete(blob);
+}
+
+void MountManager::chunk_ready(const std::shared_ptr<BlobCache>& blob, size_t i, bool readers_waited) {
+    for (const auto& [n, fe] : d_.frontends) fe->chunk_ready(blob, i, readers_waited);
+}
 
 std::map<std::string, std::shared_ptr<BlobCache>> MountManager::blobs() const {
     std::map<std::string, std::shared_ptr<BlobCache>> out;
@@ -458,7 +489,7 @@ Result<void> MountManager::restore(std::map<std::string, UniqueFd>& held, bool h
                 if (auto h = held.find(hex); h != held.end()) {
                     fd = std::move(h->second);
                     held.erase(h);
-                } else if (!holder_fresh) {
+                } else if (!holder_fresh && rec.frontend == "fanotify") {
                     spdlog::warn("[{}] the holder kept no fd for blob sha256:{}; opening it again", req_id, hex);
                 }
                 std::string note;
@@ -468,7 +499,16 @@ Result<void> MountManager::restore(std::map<std::string, UniqueFd>& held, bool h
                 opened[hex] = *c;
             }
             m->backend = EROS_TRY(d_.backends(rec.source, m->store));
-            return attach_blobs(*m, opened, from_holder);
+            auto fe = d_.frontends.find(rec.frontend);
+            if (fe == d_.frontends.end())
+                return fail(fmt::format("it was mounted through the '{}' front end, which this daemon does not run",
+                                        rec.frontend),
+                            ENOTSUP);
+            if (rec.frontend == "fscache" && !d_.fscache_restored)
+                return fail("the cachefiles device of the daemon that mounted it was lost (the fd holder died): the "
+                            "kernel withdrew its cache; unmount and mount it again",
+                            EIO);
+            return attach_blobs(*m, *fe->second, opened, from_holder);
         }();
         if (!served) {
             m->error = served.error().what();

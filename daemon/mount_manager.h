@@ -4,9 +4,10 @@
 // operations run one at a time so that no two of them race on a blob or a mount point.
 //
 // Mounting: resolve REF -> load the artifact (manifest and metadata blob cached and verified) ->
-// open or create each data blob's cache files -> register the blobs' fds with the holder and mark
-// the incomplete ones -> record the mount in the state file -> mount(2) the metadata file with
-// one device= per data blob -> prefetch, if asked.
+// open or create each data blob's cache files -> attach the mount to its front end (fanotify:
+// register the blobs' fds with the holder and mark the incomplete ones; fscache: make its cookie
+// keys known) -> record the mount in the state file -> mount(2) as the front end says -> prefetch,
+// if asked.
 #pragma once
 
 #include <deque>
@@ -22,7 +23,7 @@
 #include "artifact_source.h"
 #include "blob_cache.h"
 #include "event_loop.h"
-#include "fanotify_frontend.h"
+#include "frontend.h"
 #include "fetch_backend.h"
 #include "fetch_scheduler.h"
 #include "holder_link.h"
@@ -50,7 +51,11 @@ public:
         EventLoop& loop;
         ThreadPool& sys;  // blocking work
         FetchScheduler& sched;
-        FanotifyFrontend& frontend;
+        // The front ends this daemon runs, by name ("fanotify", "fscache").
+        std::map<std::string, Frontend*> frontends;
+        // What "auto" means, and why (for the log and the error when none is available).
+        std::string auto_frontend;
+        std::string auto_reason;
         HolderLink& holder;
         Stats& stats;
         BackendFactory backends;
@@ -58,6 +63,9 @@ public:
         std::string default_prefetch = "all";
         std::function<void(const std::string& hex, const Error&)> persist_error;
         DaemonRegistry* registry = nullptr;  // docker:// references; null: refused
+        // The cachefiles device came from the holder: the kernel still has the cache the
+        // recorded fscache mounts use.
+        bool fscache_restored = false;
     };
 
     explicit MountManager(Deps d);
@@ -74,6 +82,8 @@ public:
 
     // From the scheduler: every chunk of the blob is in the cache.
     void blob_complete(const std::shared_ptr<BlobCache>& blob);
+    // From the scheduler: one chunk was written.
+    void chunk_ready(const std::shared_ptr<BlobCache>& blob, size_t i, bool readers_waited);
     // The open blob caches (for a new holder after the old one died).
     std::map<std::string, std::shared_ptr<BlobCache>> blobs() const;
     // Shutdown: fdatasync every open cache.
@@ -88,6 +98,7 @@ private:
         std::shared_ptr<FetchBackend> backend;
         std::vector<std::string> blobs;  // hex, device order
         std::string error;               // a restored mount that could not be served
+        Frontend* fe = nullptr;          // set while attached
     };
     struct BlobUse {
         std::shared_ptr<BlobCache> cache;
@@ -99,8 +110,10 @@ private:
     void do_mount(MountRequest req, std::string req_id, Reply reply, std::function<void()> next);
     void do_umount(std::string mountpoint, std::string req_id, Reply reply, std::function<void()> next);
     // `maybe_marked`: blobs whose cache file may carry a mark from before (fds the holder kept).
-    Result<void> attach_blobs(Mount& m, const std::map<std::string, std::shared_ptr<BlobCache>>& opened,
+    Result<void> attach_blobs(Mount& m, Frontend& fe, const std::map<std::string, std::shared_ptr<BlobCache>>& opened,
                               const std::set<std::string>& maybe_marked);
+    // The front end for a mount request's "frontend" (auto, fanotify, fscache).
+    Result<Frontend*> pick_frontend(const std::string& wanted, const std::string& req_id) const;
     void detach_blobs(Mount& m);
     std::vector<MountRecord> records(const MountRecord* extra) const;
     // Writes the state file on the sys pool, then calls done on the loop.

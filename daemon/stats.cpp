@@ -20,6 +20,9 @@ std::string stats_json(const Stats& s) {
     j["verify_failures"] = s.verify_failures;
     j["retries"] = s.retries;
     j["mounts"] = s.mounts;
+    j["cachefiles_opens"] = s.cachefiles_opens;
+    j["cachefiles_reads"] = s.cachefiles_reads;
+    j["cachefiles_bytes_written"] = s.cachefiles_bytes_written;
     return j.dump();
 }
 
@@ -39,6 +42,10 @@ std::string stats_prometheus(const Stats& s) {
     counter("erostream_readahead_bytes_total", "Bytes requested by sequential readahead.", s.readahead_bytes);
     counter("erostream_verify_failures_total", "Chunks whose bytes did not match their digest.", s.verify_failures);
     counter("erostream_retries_total", "Range requests issued again.", s.retries);
+    counter("erostream_cachefiles_opens_total", "fscache: OPEN requests answered.", s.cachefiles_opens);
+    counter("erostream_cachefiles_reads_total", "fscache: READ requests completed.", s.cachefiles_reads);
+    counter("erostream_cachefiles_bytes_written_total", "fscache: bytes copied into the kernel's cache objects.",
+            s.cachefiles_bytes_written);
     out += fmt::format("# HELP erostream_mounts Images mounted.\n# TYPE erostream_mounts gauge\nerostream_mounts {}\n",
                        s.mounts);
     return out;

@@ -27,6 +27,9 @@ struct Stats {
     uint64_t verify_failures = 0; // chunks whose bytes did not match their digest
     uint64_t retries = 0;         // range requests issued again
     uint64_t mounts = 0;          // current mounts (a gauge)
+    uint64_t cachefiles_opens = 0;          // fscache: OPEN requests answered
+    uint64_t cachefiles_reads = 0;          // fscache: READ requests completed (also counted in events)
+    uint64_t cachefiles_bytes_written = 0;  // fscache: bytes copied into the kernel's cache objects
 };
 
 std::string stats_json(const Stats& s);

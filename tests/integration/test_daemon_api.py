@@ -34,7 +34,7 @@ def test_socket_mode_and_health(daemon):
     for r in (daemon.api("GET", "/health"), daemon.curl("GET", "/health")):
         assert r.status == 200, (r.via, r.status, r.text)
         assert r.headers.get("content-type", "").startswith("application/json"), (r.via, r.headers)
-        assert r.json() == {"status": "ok", "frontend": "fanotify", "mounts": 0}, (r.via, r.json())
+        assert r.json() == {"status": "ok", "frontend": "fanotify", "frontends": ["fanotify"], "mounts": 0}, (r.via, r.json())
 
 
 def test_mount_list_stats_umount_over_http(daemon, stream_images, work):
