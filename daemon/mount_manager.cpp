@@ -162,9 +162,9 @@ Result<void> MountManager::attach_blobs(Mount& m, Frontend& fe,
                                         const std::set<std::string>& maybe_marked) {
     FrontendMount fm;
     fm.id = m.id;
-    fm.meta_hex = digest_hex(m.artifact->meta_desc.digest);
-    fm.meta_path = m.store->meta_path(m.artifact->meta_desc);
-    fm.meta_size = static_cast<uint64_t>(m.artifact->meta_desc.size);
+    fm.meta_hex = digest_hex(m.meta_desc.digest);
+    fm.meta_path = m.store->meta_path(m.meta_desc);
+    fm.meta_size = static_cast<uint64_t>(m.meta_desc.size);
     for (size_t i = 0; i < m.blobs.size(); ++i) {
         const std::string& hex = m.blobs[i];
         auto it = blobs_.find(hex);
@@ -182,7 +182,7 @@ Result<void> MountManager::attach_blobs(Mount& m, Frontend& fe,
             it = blobs_.emplace(hex, BlobUse{o->second, {}}).first;
         }
         it->second.users.insert(m.id);
-        d_.sched.add_source(it->second.cache, m.artifact->data[i], m.backend, m.id);
+        d_.sched.add_source(it->second.cache, m.data[i], m.backend, m.id);
         fm.blobs.push_back(it->second.cache);
     }
     auto r = fe.attach(fm, maybe_marked);
@@ -282,11 +282,13 @@ void MountManager::do_mount(MountRequest req, std::string req_id, Reply reply, s
             }
             Prep& p = **prep;
             m->store = p.src.store;
-            m->artifact = std::move(p.art);
+            m->meta_desc = p.art->meta_desc;
+            m->data = p.art->data;
             m->rec.source = p.src.source;
             m->rec.artifact = p.src.artifact;
-            m->rec.subject = m->artifact->manifest.subject ? m->artifact->manifest.subject->digest : "";
-            for (const auto& dev : m->artifact->meta.devices) m->blobs.push_back(to_hex(dev.blob_digest));
+            m->rec.subject = p.art->manifest.subject ? p.art->manifest.subject->digest : "";
+            for (const auto& dev : p.art->meta.devices) m->blobs.push_back(to_hex(dev.blob_digest));
+            p.art.reset();  // the metadata blob (megabytes): the BlobCaches have the chunk records
             auto backend = d_.backends(m->rec.source, m->store);
             if (!backend) return finish(std::unexpected(backend.error()));
             m->backend = *backend;
@@ -480,8 +482,9 @@ Result<void> MountManager::restore(std::map<std::string, UniqueFd>& held, bool h
             m->store = EROS_TRY(reopen_source(rec.source, d_.cache_dir, d_.registry));
             auto a = load_artifact(*m->store, rec.artifact);
             if (!a) return std::unexpected(a.error().prefix("artifact " + rec.artifact.digest));
-            m->artifact = std::make_unique<Artifact>(std::move(*a));
-            for (const auto& dev : m->artifact->meta.devices) {
+            m->meta_desc = a->meta_desc;
+            m->data = a->data;
+            for (const auto& dev : a->meta.devices) {
                 std::string hex = to_hex(dev.blob_digest);
                 m->blobs.push_back(hex);
                 if (blobs_.count(hex) || opened.count(hex)) continue;

@@ -94,7 +94,11 @@ private:
         std::string id;
         MountRecord rec;
         std::shared_ptr<CachingStore> store;
-        std::unique_ptr<Artifact> artifact;
+        // Of the artifact, what serving needs once it is loaded. Not the metadata blob (the
+        // kernel reads it from its cache file) nor its chunk table: a blob's chunk records are
+        // kept once, in its BlobCache, shared by the mounts that use the blob.
+        Descriptor meta_desc;
+        std::vector<Descriptor> data;  // device i+1 is data[i]
         std::shared_ptr<FetchBackend> backend;
         std::vector<std::string> blobs;  // hex, device order
         std::string error;               // a restored mount that could not be served
