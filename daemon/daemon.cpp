@@ -110,6 +110,7 @@ private:
         so.max_attempts = cfg_.retry_max + 1;
         so.retry_base = std::chrono::milliseconds(cfg_.retry_base_ms);
         so.prefetch_rate = cfg_.prefetch_bandwidth;
+        so.readahead = cfg_.readahead;
         sched_ = std::make_unique<FetchScheduler>(*loop_, *cpu_, stats_, so);
         std::map<std::string, Frontend*> frontends;
         if (run_fanotify_) {

@@ -46,6 +46,13 @@ struct Reader {
         out = static_cast<T>(*v);
     }
 
+    void boolean(const toml::table& t, std::string_view key, bool& out) {
+        const toml::node* n = t.get(key);
+        if (!n) return;
+        if (auto v = n->value<bool>()) out = *v;
+        else set_error(fmt::format("'{}' must be true or false (line {})", key, n->source().begin.line));
+    }
+
     void size(const toml::table& t, std::string_view key, uint64_t& out) {
         const toml::node* n = t.get(key);
         if (!n) return;
@@ -140,11 +147,13 @@ Result<void> apply_config_toml(DaemonConfig& cfg, std::string_view text, std::st
     r.number(root, "workers", cfg.workers, 256);
     r.number(root, "io_workers", cfg.io_workers, 256);
     if (auto* f = r.sub(root, "fetch")) {
-        r.check_keys(*f, "fetch", {"max_range_bytes", "max_connections_per_host", "retry_max", "retry_base_ms"});
+        r.check_keys(*f, "fetch", {"max_range_bytes", "max_connections_per_host", "retry_max", "retry_base_ms",
+                                        "readahead"});
         r.size(*f, "max_range_bytes", cfg.max_range_bytes);
         r.number(*f, "max_connections_per_host", cfg.max_connections_per_host, 1024);
         r.number(*f, "retry_max", cfg.retry_max, 100);
         r.number(*f, "retry_base_ms", cfg.retry_base_ms, 600000);
+        r.boolean(*f, "readahead", cfg.readahead);
     }
     if (auto* p = r.sub(root, "prefetch")) {
         r.check_keys(*p, "prefetch", {"default", "bandwidth"});

@@ -28,6 +28,7 @@ struct DaemonConfig {
     unsigned max_connections_per_host = 8;
     unsigned retry_max = 5;  // EROSTREAM_RETRY_MAX overrides
     unsigned retry_base_ms = 200;  // EROSTREAM_RETRY_BASE_MS overrides
+    bool readahead = true;   // sequential readahead on on-demand misses
 
     // [prefetch]
     std::string prefetch = "all";  // for mount requests that do not say

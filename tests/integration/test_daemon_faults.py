@@ -58,7 +58,12 @@ TRANSIENT = [
 def faulty(daemons, registry, published, stream_images, proxies, work):
     img, pub = stream_images["a"], published["a"]
     proxy = proxies(registry.host)
-    d = daemons(env_extra=RETRIES)
+    # These tests pin which chunks a read fetches while a fault is on (one file per fault, one
+    # chunk per request): sequential readahead would fetch the next file's chunks, or several
+    # chunks per corrupted body, under the previous rule.
+    config = work / "no-readahead.toml"
+    config.write_text("[fetch]\nreadahead = false\n")
+    d = daemons(env_extra=RETRIES, extra_args=["--config", str(config)])
     mnt = work / "mnt"
     d.mount(pub.artifact_ref(proxy.host), mnt, prefetch="none")
     return d, proxy, img, mnt

@@ -22,6 +22,7 @@ max_range_bytes = "8M"
 max_connections_per_host = 2
 retry_max = 1
 retry_base_ms = 10
+readahead = false
 [prefetch]
 default = "none"
 bandwidth = 1048576
@@ -38,6 +39,7 @@ https_proxy = "http://proxy:3128"
     CHECK(c.workers == 3);
     CHECK(c.max_range_bytes == 8u << 20);
     CHECK(c.max_connections_per_host == 2);
+    CHECK(!c.readahead);
     CHECK(c.prefetch == "none");
     CHECK(c.prefetch_bandwidth == 1u << 20);
     CHECK(c.holder_deny_after_ms == 500);
