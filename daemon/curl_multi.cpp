@@ -12,6 +12,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "registry/http_parsers.h"
 #include "registry/url.h"
 
 namespace erostream {
@@ -24,13 +25,6 @@ void global_init_once() {
         return true;
     }();
     (void)done;
-}
-
-std::string_view trim(std::string_view s) {
-    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-    while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' || s.back() == '\n'))
-        s.remove_suffix(1);
-    return s;
 }
 
 }  // namespace
@@ -104,27 +98,22 @@ namespace {
 size_t on_header(char* data, size_t size, size_t nitems, void* userp) {
     auto* t = static_cast<CurlMulti::Transfer*>(userp);
     size_t len = size * nitems;
-    std::string_view line(data, len);
-    if (line.starts_with("HTTP/")) {
-        // A new response (after 100 Continue): start over.
-        t->headers.clear();
-        t->status = 0;
-        t->headers_done = false;
-        size_t sp = line.find(' ');
-        if (sp != std::string_view::npos) {
-            auto code = line.substr(sp + 1, 3);
-            std::from_chars(code.data(), code.data() + code.size(), t->status);
-        }
-        return len;
+    HeaderLine h = parse_header_line(std::string_view(data, len));
+    switch (h.kind) {
+        case HeaderLine::Kind::Status:  // a new response (after 100 Continue): start over
+            t->headers.clear();
+            t->status = h.status;
+            t->headers_done = false;
+            break;
+        case HeaderLine::Kind::End:
+            if (t->status >= 200) t->headers_done = true;
+            break;
+        case HeaderLine::Kind::Field:
+            t->headers.add(std::move(h.name), std::move(h.value));
+            break;
+        case HeaderLine::Kind::Other:
+            break;
     }
-    std::string_view s = trim(line);
-    if (s.empty()) {
-        if (t->status >= 200) t->headers_done = true;
-        return len;
-    }
-    size_t colon = s.find(':');
-    if (colon != std::string_view::npos)
-        t->headers.add(std::string(trim(s.substr(0, colon))), std::string(trim(s.substr(colon + 1))));
     return len;
 }
 

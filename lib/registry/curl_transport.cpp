@@ -1,5 +1,7 @@
 #include "curl_transport.h"
 
+#include "http_parsers.h"
+
 #include <arpa/inet.h>
 #include <curl/curl.h>
 #include <spdlog/spdlog.h>
@@ -348,26 +350,21 @@ private:
     static size_t on_header(char* data, size_t size, size_t nitems, void* self_) {
         auto* self = static_cast<CurlExchange*>(self_);
         size_t len = size * nitems;
-        std::string_view line(data, len);
-        if (line.starts_with("HTTP/")) {
-            // A new response (after 100 Continue, say): start over.
-            self->headers_.clear();
-            self->status_ = 0;
-            size_t sp = line.find(' ');
-            if (sp != std::string_view::npos) {
-                auto code = line.substr(sp + 1, 3);
-                std::from_chars(code.data(), code.data() + code.size(), self->status_);
-            }
-            return len;
+        HeaderLine h = parse_header_line(std::string_view(data, len));
+        switch (h.kind) {
+            case HeaderLine::Kind::Status:  // a new response (after 100 Continue, say): start over
+                self->headers_.clear();
+                self->status_ = h.status;
+                break;
+            case HeaderLine::Kind::End:
+                if (self->status_ >= 200) self->headers_done_ = true;
+                break;
+            case HeaderLine::Kind::Field:
+                self->headers_.add(std::move(h.name), std::move(h.value));
+                break;
+            case HeaderLine::Kind::Other:
+                break;
         }
-        std::string_view t = trim(line);
-        if (t.empty()) {
-            if (self->status_ >= 200) self->headers_done_ = true;
-            return len;
-        }
-        size_t colon = t.find(':');
-        if (colon != std::string_view::npos)
-            self->headers_.add(std::string(trim(t.substr(0, colon))), std::string(trim(t.substr(colon + 1))));
         return len;
     }
 

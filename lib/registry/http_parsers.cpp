@@ -302,6 +302,31 @@ std::optional<std::string> next_link(const std::vector<std::string_view>& header
     return std::nullopt;
 }
 
+HeaderLine parse_header_line(std::string_view line) {
+    HeaderLine h;
+    while (!line.empty() && (line.back() == '\r' || line.back() == '\n')) line.remove_suffix(1);
+    if (line.starts_with("HTTP/")) {
+        h.kind = HeaderLine::Kind::Status;
+        size_t sp = line.find(' ');
+        if (sp != std::string_view::npos) {
+            auto code = line.substr(sp + 1, 3);
+            std::from_chars(code.data(), code.data() + code.size(), h.status);
+        }
+        return h;
+    }
+    std::string_view t = trim(line);
+    if (t.empty()) {
+        h.kind = HeaderLine::Kind::End;
+        return h;
+    }
+    size_t colon = t.find(':');
+    if (colon == std::string_view::npos) return h;
+    h.kind = HeaderLine::Kind::Field;
+    h.name = std::string(trim(t.substr(0, colon)));
+    h.value = std::string(trim(t.substr(colon + 1)));
+    return h;
+}
+
 std::string media_type_essence(std::string_view ct) {
     size_t semi = ct.find(';');
     return lower(trim(ct.substr(0, semi)));

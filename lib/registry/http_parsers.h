@@ -56,6 +56,16 @@ Result<std::vector<LinkValue>> parse_link_header(std::string_view value);
 // The target of the first link whose rel includes "next", if any.
 std::optional<std::string> next_link(const std::vector<std::string_view>& link_headers);
 
+// One line of a response head as libcurl's header callback hands it over (CRLF included). A
+// status line starts a new response (after a 100 Continue or a redirect the head starts over);
+// the empty line ends the head.
+struct HeaderLine {
+    enum class Kind { Status, Field, End, Other } kind = Kind::Other;
+    int status = 0;           // Status
+    std::string name, value;  // Field (both trimmed)
+};
+HeaderLine parse_header_line(std::string_view line);
+
 // The media type without parameters, lowercased: "application/json; charset=utf-8" -> "application/json".
 std::string media_type_essence(std::string_view content_type);
 

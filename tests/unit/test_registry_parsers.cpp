@@ -113,6 +113,21 @@ TEST_CASE("Retry-After: seconds and the three HTTP-date forms") {
     CHECK(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT") == std::time_t(0));
 }
 
+TEST_CASE("response head lines as libcurl hands them over") {
+    auto s = parse_header_line("HTTP/1.1 206 Partial Content\r\n");
+    CHECK(s.kind == HeaderLine::Kind::Status);
+    CHECK(s.status == 206);
+    CHECK(parse_header_line("HTTP/2 404\r\n").status == 404);
+    auto f = parse_header_line("Content-Range:  bytes 0-9/20 \r\n");
+    REQUIRE(f.kind == HeaderLine::Kind::Field);
+    CHECK(f.name == "Content-Range");
+    CHECK(f.value == "bytes 0-9/20");
+    CHECK(parse_header_line("X-Empty:\r\n").value.empty());
+    CHECK(parse_header_line("\r\n").kind == HeaderLine::Kind::End);
+    CHECK(parse_header_line("no colon here\r\n").kind == HeaderLine::Kind::Other);
+    CHECK(parse_header_line("").kind == HeaderLine::Kind::End);
+}
+
 TEST_CASE("Content-Range") {
     auto r = parse_content_range("bytes 0-499/1234");
     REQUIRE(r);
