@@ -1158,6 +1158,22 @@ class ReaderThreads:
 # ---------------------------------------------------------------------------------------------
 
 
+def start_readers(img, mnt: Path, n_threads: int, exclude: tuple[str, ...] = ()) -> ReaderThreads:
+    """n_threads threads reading every regular file of img under mnt (but `exclude`), each a
+    share of them, every block checked; started."""
+    files = [f for f in img.regular_files() if f not in exclude]
+    readers = ReaderThreads()
+
+    def read_share(share):
+        for rel in share:
+            yield checked_read(mnt / rel, img.expected(rel), block=64 * KIB)
+
+    for i in range(n_threads):
+        readers.add(read_share, files[i::n_threads])
+    readers.start()
+    return readers
+
+
 @pytest.fixture(scope="session")
 def stream_images(tmp_path_factory, mkfs) -> dict[str, StreamImage]:
     """Images "a" and "b" (shared base layer), converted, with umoci references."""

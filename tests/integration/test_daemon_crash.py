@@ -12,8 +12,8 @@ import pytest
 
 import erostream_testlib as lib
 from daemon_fixtures import *  # noqa: F401,F403
-from daemon_fixtures import (KIB, ReaderThreads, assert_contents_match, assert_tree_matches, checked_read,
-                             proc_alive)
+from daemon_fixtures import (ReaderThreads, assert_contents_match, assert_tree_matches, checked_read,
+                             proc_alive, start_readers)
 
 pytestmark = [pytest.mark.kernel, pytest.mark.daemon]
 
@@ -28,24 +28,10 @@ def shaped_mount(daemon, registry, published, proxies, work, *, bytes_per_second
     return proxy, mnt
 
 
-def start_readers(img, mnt, n_threads: int = 16, exclude: tuple[str, ...] = ()) -> ReaderThreads:
-    files = [f for f in img.regular_files() if f not in exclude]
-    readers = ReaderThreads()
-
-    def read_share(share):
-        for rel in share:
-            yield checked_read(mnt / rel, img.expected(rel), block=64 * KIB)
-
-    for i in range(n_threads):
-        readers.add(read_share, files[i::n_threads])
-    readers.start()
-    return readers
-
-
 def test_sigkill_while_reading_then_restart(daemon, registry, published, stream_images, proxies, work):
     img = stream_images["a"]
     proxy, mnt = shaped_mount(daemon, registry, published, proxies, work)
-    readers = start_readers(img, mnt)
+    readers = start_readers(img, mnt, 16)
     assert readers.first_block.wait(120), "no reader finished a file within 120 s"
     busy = sum(t.is_alive() for t in readers.threads)
     assert busy > 0, "all readers were done before the kill: the test killed an idle daemon"

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 import erostream_testlib as lib
-from daemon_fixtures import (KIB, MIB, ReaderThreads, assert_contents_match, assert_tree_matches, checked_read,
-                             data_file_size, drop_file_cache)
+from daemon_fixtures import (KIB, MIB, assert_contents_match, assert_tree_matches, checked_read,
+                             data_file_size, drop_file_cache, start_readers)
 
 pytestmark = [pytest.mark.vm, pytest.mark.kernel, pytest.mark.daemon]
 
@@ -165,20 +165,6 @@ def test_shared_base_layer_is_one_cache_object_fetched_once(fsdaemon, vm_images,
     assert len(objs) == 1, cache_objects(fsdaemon.cache_dir)
 
 
-def start_readers(img, mnt, n_threads: int = 8) -> ReaderThreads:
-    files = img.regular_files()
-    readers = ReaderThreads()
-
-    def read_share(share):
-        for rel in share:
-            yield checked_read(mnt / rel, img.expected(rel), block=64 * KIB)
-
-    for i in range(n_threads):
-        readers.add(read_share, files[i::n_threads])
-    readers.start()
-    return readers
-
-
 def test_sigkill_in_the_middle_of_reads_then_restart(fsdaemon, vm_images, work):
     """(d) SIGKILL while readers wait on READs: /dev/cachefiles stays open in the fd holder, the
     restarted daemon writes `restore`, answers the re-sent READs and the re-OPENs of objects
@@ -188,7 +174,7 @@ def test_sigkill_in_the_middle_of_reads_then_restart(fsdaemon, vm_images, work):
     ma, mb = work / "a", work / "b"
     fsdaemon.mount(a.artifact_ref, ma, prefetch="none", frontend="fscache")
     fsdaemon.mount(b.artifact_ref, mb, prefetch="all", frontend="fscache")
-    readers = start_readers(a, ma)
+    readers = start_readers(a, ma, 8)
     assert readers.first_block.wait(300), "no reader finished a file within 300 s"
     busy = sum(t.is_alive() for t in readers.threads)
     assert busy > 0, "all readers were done before the kill: the test killed an idle daemon"
